@@ -54,13 +54,17 @@ $(B)/libfathom.a: $(CORE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(B)/fathom: $(TOOL_OBJ) $(B)/libfathom.so
-	$(CC) $(LDFLAGS_BASE) -o $@ $(TOOL_OBJ) -L$(B) -lfathom -Wl,-rpath,'$$ORIGIN' -lm -ldl -lpthread $(LIBS_TOOLS)
+# The CLI and the tests link the core statically: they also use internal pieces
+# (safetensors, config). Plugins are found beside the executable (build/plugins).
+$(B)/fathom: $(TOOL_OBJ) $(B)/libfathom.a
+	$(CC) $(LDFLAGS_BASE) -o $@ $(TOOL_OBJ) $(B)/libfathom.a $(CORE_LIBS) $(LIBS_TOOLS)
 
-.SECONDEXPANSION:
-$(B)/plugins/libfathom-%.so: $$(patsubst %.c,$(B)/obj/%.o,$$(wildcard plugins/%/*.c))
-	@mkdir -p $(dir $@)
-	$(CC) -shared $(LDFLAGS_BASE) -o $@ $^ -lm -lpthread $(LIBS_$*)
+define plugin_rule
+$(B)/plugins/libfathom-$(1).so: $(patsubst %.c,$(B)/obj/%.o,$(wildcard plugins/$(1)/*.c))
+	@mkdir -p $$(dir $$@)
+	$$(CC) -shared $$(LDFLAGS_BASE) -o $$@ $$^ -lm -lpthread $$(LIBS_$(1))
+endef
+$(foreach p,$(PLUGINS),$(eval $(call plugin_rule,$(p))))
 
 # Test doubles: the stub plugin built broken on purpose (the loader must refuse each).
 BAD_PLUGINS := badabi badsize noentry initfail unavail devmem
@@ -69,10 +73,10 @@ $(B)/tests/plugins/libfathom-%.so: plugins/stub/stub.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) -DSTUB_VARIANT_$* -DSTUB_NAME='"$*"' -shared $(LDFLAGS_BASE) -o $@ $< -lm
 
-$(B)/tests/%: tests/%.c $(TEST_COMMON_OBJ) $(B)/libfathom.so
+$(B)/tests/%: tests/%.c $(TEST_COMMON_OBJ) $(B)/libfathom.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) -DFM_TEST_DATA='"$(CURDIR)/tests/data"' -o $@ $< $(TEST_COMMON_OBJ) \
-	    -L$(B) -lfathom -Wl,-rpath,'$$ORIGIN/..' $(shell pkg-config --libs check 2>/dev/null || echo -lcheck) -lm -ldl -lpthread
+	    $(B)/libfathom.a $(CORE_LIBS) $(shell pkg-config --libs check 2>/dev/null || echo -lcheck) $(LIBS_test_$*)
 
 $(B)/fathom.pc: Makefile
 	@mkdir -p $(B)

@@ -420,7 +420,7 @@ static void print_matrix(void) {
 int main(void) {
     const char *b = getenv("FATHOM_BUILD");
     char path[1024];
-    snprintf(path, sizeof path, "%s/tests/plugins", b ? b : "build");
+    snprintf(path, sizeof path, "%s/plugins:%s/tests/plugins", b ? b : "build", b ? b : "build");
     setenv("FATHOM_PLUGIN_PATH", path, 1);
     if (fm_ctx_init(&g_ctx) != FM_OK) return 1;
     find_targets();

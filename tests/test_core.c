@@ -13,7 +13,7 @@ static char plugin_path[1024];
 /* Loads the built plugins plus the deliberately broken ones from tests/plugins. */
 static fm_ctx *ctx_with_test_plugins(void) {
     const char *b = getenv("FATHOM_BUILD");
-    snprintf(plugin_path, sizeof plugin_path, "%s/tests/plugins", b ? b : "build");
+    snprintf(plugin_path, sizeof plugin_path, "%s/plugins:%s/tests/plugins", b ? b : "build", b ? b : "build");
     setenv("FATHOM_PLUGIN_PATH", plugin_path, 1);
     setenv("FATHOM_LOG", "0", 1);
     fm_ctx *ctx = NULL;

@@ -295,6 +295,53 @@ FM_API int64_t   fm_session_copy_count(const fm_session *s);
 FM_API fm_status fm_ctx_write_trace(fm_ctx *ctx, const char *path);
 FM_API void      fm_ctx_clear_trace(fm_ctx *ctx);
 
+/* ---- model: DeepSeek-V3/V2 from a Hugging Face checkpoint ---------------- */
+
+typedef struct fm_model fm_model;
+
+enum { FM_ATTN_AUTO = 0, FM_ATTN_ABSORB = 1, FM_ATTN_NAIVE = 2 };
+
+typedef struct fm_model_options {
+    const char *weights;   /* file or index inside the model dir; NULL: model.safetensors.index.json
+                              if present, else model.safetensors */
+    int32_t max_seq;       /* KV-cache rows (tokens); 0: min(max_position_embeddings, 4096) */
+    int32_t attn;          /* FM_ATTN_AUTO: naive form for prefill (T > 1), absorbed for decode,
+                              both on dequantized kv_b; NAIVE / ABSORB force one form, NAIVE with
+                              fp8 weights then quantizes kv_b's input as the reference does */
+    int32_t act_quant;     /* -1: as the checkpoint says (fp8 + dynamic scheme); 0 off; 1 on */
+    int32_t capture;       /* 1: keep per-layer intermediates readable (fm_model_read) */
+    const char *backends;  /* placement, as fm_session_init */
+    const char *place;
+    uint32_t flags;        /* FM_RUN_* */
+} fm_model_options;
+
+/* Maps the checkpoint (no copy) and validates config and tensors. */
+FM_API fm_status fm_model_load(fm_ctx *ctx, const char *dir, const fm_model_options *opt, fm_model **out);
+FM_API void      fm_model_free(fm_model *m);
+/* Changes placement between forwards; the model stays loaded and weights stay cached. */
+FM_API fm_status fm_model_place(fm_model *m, const char *backends, const char *place);
+/* Feeds n tokens at positions pos0 .. pos0+n-1 (a prefill chunk, or one decode step),
+ * appending to the KV cache. logits: NULL, or [n, vocab] floats for every position. */
+FM_API fm_status fm_model_forward(fm_model *m, const int32_t *tokens, int n, int32_t pos0, float *logits);
+/* Reads an intermediate of the last forward (needs capture): "embed", "final_hidden",
+ * "layers.N.attn_out", "layers.N.ffn_out", "layers.N.out", "layers.N.router_indices" (i32),
+ * "layers.N.router_weights", and from the cache "layers.N.kv_cache" / "layers.N.pe_cache"
+ * (rows 0 .. last position). count: elements expected. */
+FM_API fm_status fm_model_read(fm_model *m, const char *name, void *dst, int64_t count);
+FM_API int       fm_model_vocab(const fm_model *m);
+FM_API int       fm_model_layers(const fm_model *m);
+FM_API int32_t   fm_model_max_seq(const fm_model *m);
+/* Latent KV cache per token over all layers, in bytes, at the cache's dtype (f32 here) and at
+ * bf16 (the released checkpoints' serving dtype). */
+FM_API int64_t   fm_model_kv_bytes_per_token(const fm_model *m, int bf16);
+FM_API const char *fm_model_describe(const fm_model *m); /* one line: sizes, routing, dtype */
+/* Time per op and backend, accumulated over forwards since load or the last reset. */
+typedef struct fm_op_time {
+    uint64_t time_ns, cycles, nodes;
+} fm_op_time;
+FM_API fm_op_time fm_model_op_time(const fm_model *m, fm_op op, int backend);
+FM_API void       fm_model_reset_stats(fm_model *m);
+
 #ifdef __cplusplus
 }
 #endif
