@@ -70,7 +70,11 @@ static void expect_golden(const char *c, const char *weights, int attn, const ch
 START_TEST(golden_case_matches_reference_on_ref) { expect_golden(cases[_i], NULL, FM_ATTN_ABSORB, "ref"); }
 END_TEST
 
-START_TEST(golden_case_matches_reference_on_default_backends) { expect_golden(cases[_i], NULL, FM_ATTN_AUTO, NULL); }
+/* fp8 keeps the golden's absorbed form: the naive form's different f32 rounding
+ * moves activations across e4m3 rounding boundaries (see the case's README). */
+START_TEST(golden_case_matches_reference_on_default_backends) {
+    expect_golden(cases[_i], NULL, strcmp(cases[_i], "tiny-fp8") ? FM_ATTN_AUTO : FM_ATTN_ABSORB, NULL);
+}
 END_TEST
 
 START_TEST(bf16_weights_match_the_same_golden) {

@@ -105,12 +105,26 @@ int cmd_check(int argc, char **argv) {
         return 1;
     }
     int rc = 1;
-    fm_model *m = load_model(ctx, argc, argv, dir, 1, 0);
+    fm_model *m = NULL;
+    /* the form of attention the golden was made with, unless --attn says otherwise */
+    const char *gattn = fm_st_metadata(g, "attn_impl");
+    char **av = malloc(((size_t)argc + 3) * sizeof *av);
+    if (!av) goto out;
+    memcpy(av, argv, (size_t)argc * sizeof *av);
+    int ac = argc;
+    if (!cli_has_flag(argc, argv, "--attn") && gattn && (!strcmp(gattn, "absorb") || !strcmp(gattn, "naive"))) {
+        av[ac++] = "--attn";
+        av[ac++] = (char *)gattn;
+    }
+    av[ac] = NULL;
+    m = load_model(ctx, ac, av, dir, 1, 0);
+    const char *attn = cli_opt(ac, av, "--attn", "auto");
+    free(av);
     if (!m) goto out;
     const char *gemm = fm_st_metadata(g, "gemm_impl");
     bool fp8 = gemm && !strcmp(gemm, "fp8");
     fm_golden_run r = {.intermediates = true, .prefix = ""};
-    const char *aq = cli_opt(argc, argv, "--act-quant", NULL), *attn = cli_opt(argc, argv, "--attn", "auto");
+    const char *aq = cli_opt(argc, argv, "--act-quant", NULL);
     if (fp8 && aq && !atoi(aq)) r.prefix = "dequant.", fp8 = false;
     else if (fp8 && !strcmp(attn, "naive")) r.prefix = "naive.";
     fm_golden_defaults(g, &r);

@@ -69,6 +69,8 @@ static void usage(FILE *f) {
             "  run --model DIR ...         greedy decoding with a DeepSeek-V3/V2 checkpoint (docs/cli.md)\n"
             "  check --model DIR ...       compare a model against DIR/golden.safetensors\n"
             "  demo                        every backend against the golden model, then re-placement\n"
+            "  inspect FILE|DIR [--all] [--json]\n"
+            "                              tensors, dtypes and metadata of a safetensors checkpoint\n"
             "  bench overhead [--nodes N] [--backend B] [--json]\n"
             "                              executor cost per node on a graph of trivial ops\n"
             "  bench gemm|experts|route|mla|layer|model ...\n"
@@ -100,6 +102,7 @@ int main(int argc, char **argv) {
         return cmd_bench(argc - 1, argv + 1);
     }
     if (!strcmp(cmd, "run")) return cmd_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "check")) return cmd_check(argc - 1, argv + 1);
     if (!strcmp(cmd, "demo")) return cmd_demo(argc - 1, argv + 1);
     fprintf(stderr, "fathom: unknown command '%s'\n\n", cmd);

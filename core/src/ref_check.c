@@ -7,8 +7,6 @@
 
 #include "ref.h"
 
-fm_status fm_ref_check(const fm_pl_node *node, int need_data, char *err, size_t errsz);
-
 static fm_status bad(const fm_pl_node *node, char *err, size_t errsz, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 

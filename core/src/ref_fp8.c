@@ -12,11 +12,6 @@
 #pragma STDC FP_CONTRACT OFF
 #endif
 
-/* Shared by the ref_*.c files (defined here and in ref_ops.c). */
-fm_status fm_ref_linear(const float *x, int64_t T, int64_t K, const fm_pl_tensor *w, int64_t n0,
-                        int64_t n1, int act_quant, float *y, const char *what, char *err, size_t errsz);
-fm_status fm_ref_fail(char *err, size_t errsz, fm_status s, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 
 #define FM_QBLOCK 128
 

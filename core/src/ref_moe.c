@@ -7,15 +7,7 @@
 
 #include "ref.h"
 
-/* Shared by the ref_*.c files. */
-fm_status fm_ref_fail(char *err, size_t errsz, fm_status s, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-fm_status fm_ref_linear(const float *x, int64_t T, int64_t K, const fm_pl_tensor *w, int64_t n0,
-                        int64_t n1, int act_quant, float *y, const char *what, char *err, size_t errsz);
-fm_status fm_ref_moe_route(const fm_pl_node *node, char *err, size_t errsz);
-fm_status fm_ref_moe_experts(const fm_pl_node *node, char *err, size_t errsz);
 
-#define NODE_NAME(node) ((node)->name ? (node)->name : "?")
 
 /* Index of the largest v[i] not yet taken; ties go to the lower index. */
 static int64_t pick_best(const float *v, const unsigned char *taken, int64_t n) {

@@ -8,18 +8,6 @@
 
 #include "ref.h"
 
-/* Shared by the ref_*.c files. */
-fm_status fm_ref_fail(char *err, size_t errsz, fm_status s, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-fm_status fm_ref_check(const fm_pl_node *node, int need_data, char *err, size_t errsz);
-fm_status fm_ref_linear(const float *x, int64_t T, int64_t K, const fm_pl_tensor *w, int64_t n0,
-                        int64_t n1, int act_quant, float *y, const char *what, char *err, size_t errsz);
-void fm_ref_rmsnorm_row(const float *x, int64_t H, const float *w, float eps, float *y);
-void fm_ref_rope_row(float *x, int64_t C, const fm_rope_params *p, const float *inv_freq, int32_t pos);
-fm_status fm_ref_moe_route(const fm_pl_node *node, char *err, size_t errsz);
-fm_status fm_ref_moe_experts(const fm_pl_node *node, char *err, size_t errsz);
-fm_status fm_ref_mla_cache(const fm_pl_node *node, char *err, size_t errsz);
-fm_status fm_ref_mla_attn(const fm_pl_node *node, char *err, size_t errsz);
 
 fm_status fm_ref_fail(char *err, size_t errsz, fm_status s, const char *fmt, ...) {
     if (err && errsz) {
@@ -31,7 +19,6 @@ fm_status fm_ref_fail(char *err, size_t errsz, fm_status s, const char *fmt, ...
     return s;
 }
 
-#define NODE_NAME(node) ((node)->name ? (node)->name : "?")
 
 /* ---- shared numerics ------------------------------------------------------ */
 
