@@ -108,13 +108,21 @@ int cmd_check(int argc, char **argv) {
     fm_model *m = NULL;
     /* the form of attention the golden was made with, unless --attn says otherwise */
     const char *gattn = fm_st_metadata(g, "attn_impl");
-    char **av = malloc(((size_t)argc + 3) * sizeof *av);
+    char **av = malloc(((size_t)argc + 5) * sizeof *av);
     if (!av) goto out;
     memcpy(av, argv, (size_t)argc * sizeof *av);
     int ac = argc;
     if (!cli_has_flag(argc, argv, "--attn") && gattn && (!strcmp(gattn, "absorb") || !strcmp(gattn, "naive"))) {
         av[ac++] = "--attn";
         av[ac++] = (char *)gattn;
+    }
+    /* a cache large enough for the whole protocol */
+    const fm_st_tensor *tt = fm_st_get(g, "tokens"), *ts = fm_st_get(g, "decode_tokens");
+    char maxseq[32];
+    if (!cli_has_flag(argc, argv, "--max-seq") && tt && ts) {
+        snprintf(maxseq, sizeof maxseq, "%lld", (long long)(tt->ne[0] + ts->ne[0]));
+        av[ac++] = "--max-seq";
+        av[ac++] = maxseq;
     }
     av[ac] = NULL;
     m = load_model(ctx, ac, av, dir, 1, 0);
@@ -306,7 +314,7 @@ static const char *default_model(char *buf, size_t n) {
 }
 
 typedef struct demo_row {
-    char what[96];
+    char what[96], split[96];
     double err, pre, dec;
     uint64_t cycles;
     int ok;
@@ -318,21 +326,35 @@ static int demo_one(fm_ctx *ctx, fm_model *m, const fm_st *g, const char *backen
         fprintf(stderr, "demo: placement %s: %s\n", row->what, fm_ctx_error(ctx));
         return -1;
     }
-    fm_model_reset_stats(m);
     fm_golden_run r = {.atol_logits = 1e-4, .atol = 1e-4, .rtol = 1e-4, .prefix = ""};
     /* two passes, the first warms caches and uploads; the second is timed */
-    for (int pass = 0; pass < 2; pass++)
+    for (int pass = 0; pass < 2; pass++) {
+        fm_model_reset_stats(m);
         if (fm_golden_run_model(ctx, m, g, &r) != FM_OK) {
             fprintf(stderr, "demo: %s: %s\n", row->what, fm_ctx_error(ctx));
             return -1;
         }
+    }
     row->err = r.fam[FM_GF_LOGITS].max_err;
     row->ok = r.fam[FM_GF_LOGITS].bad == 0;
     row->pre = r.prefill_tok_s;
     row->dec = r.decode_tok_s;
     row->cycles = 0;
-    for (int op = 0; op < FM_OP_COUNT; op++)
-        for (int b = 0; b < fm_backend_count(ctx); b++) row->cycles += fm_model_op_time(m, op, b).cycles;
+    size_t k = 0;
+    row->split[0] = 0;
+    for (int b = 0; b < fm_backend_count(ctx); b++) {
+        uint64_t nodes = 0;
+        for (int op = 0; op < FM_OP_COUNT; op++) {
+            fm_op_time t = fm_model_op_time(m, op, b);
+            row->cycles += t.cycles;
+            nodes += t.nodes;
+        }
+        fm_backend_info bi;
+        fm_backend_info_get(ctx, b, &bi);
+        if (nodes && k < sizeof row->split)
+            k += (size_t)snprintf(row->split + k, sizeof row->split - k, "%s%s %llu", k ? ", " : "", bi.name,
+                                  (unsigned long long)nodes);
+    }
     return 0;
 }
 
@@ -342,7 +364,7 @@ int cmd_demo(int argc, char **argv) {
     char buf[1200], gpath[1300], err[1024];
     const char *dir = cli_opt(argc, argv, "--model", NULL);
     if (!dir) dir = default_model(buf, sizeof buf);
-    const char *trace = cli_opt(argc, argv, "--trace", "build/demo-trace.json");
+    const char *trace = cli_opt(argc, argv, "--trace", is_dir("build") ? "build/demo-trace.json" : "demo-trace.json");
     snprintf(gpath, sizeof gpath, "%s/golden.safetensors", dir);
     fm_st *g;
     if (fm_st_open(gpath, &g, err, sizeof err) != FM_OK) {
@@ -356,14 +378,15 @@ int cmd_demo(int argc, char **argv) {
     }
     int rc = 1;
     printf("Fathom demo: every backend against DeepSeek's reference outputs, then re-placement at run time\n\n");
-    char ready[16][32];
-    int n_ready = 0;
+    char ready[16][32], tests[16][32];
+    int n_ready = 0, n_tests = 0;
     printf("backends:\n");
     for (int i = 0; i < fm_backend_count(ctx); i++) {
         fm_backend_info b;
         fm_backend_info_get(ctx, i, &b);
         bool test = !strcmp(b.kind, "test");
         if (b.status == FM_BACKEND_READY && !test && n_ready < 16) snprintf(ready[n_ready++], 32, "%s", b.name);
+        if (b.status == FM_BACKEND_READY && test && n_tests < 16) snprintf(tests[n_tests++], 32, "%s", b.name);
         printf("  %-8s %-11s %s\n", b.name,
                b.status == FM_BACKEND_READY ? (test ? "test-only" : "ready")
                : b.status == FM_BACKEND_UNAVAILABLE ? "unavailable" : "refused",
@@ -379,7 +402,10 @@ int cmd_demo(int argc, char **argv) {
     int nr = 0;
     for (int i = 0; i < n_ready && nr < 64; i++)
         if (demo_one(ctx, m, g, ready[i], NULL, &rows[nr]) == 0) nr++;
-    /* mixed placements, changed between runs of the same loaded model */
+    /* mixed placements, changed between runs of the same loaded model; with no
+     * other backend ready, the test double shows the mechanism */
+    if (n_ready == 1)
+        for (int i = 0; i < n_tests && n_ready < 16; i++) memcpy(ready[n_ready++], tests[i], 32);
     for (int i = 0; i < n_ready && nr < 60; i++) {
         if (!strcmp(ready[i], "ref")) continue;
         char place[128];
@@ -390,14 +416,14 @@ int cmd_demo(int argc, char **argv) {
         snprintf(place, sizeof place, "moe_experts=ref,mla_attn=ref");
         if (demo_one(ctx, m, g, ready[i], place, &rows[nr]) == 0) nr++;
     }
-    printf("%-52s %12s %8s %16s %16s %10s\n", "backend / placement", "max |err|", "golden", "prefill (tok/s)",
-           "decode (tok/s)", "cycles");
+    printf("%-40s %10s %7s %15s %15s %8s  %s\n", "backend / placement", "max |err|", "golden", "prefill (tok/s)",
+           "decode (tok/s)", "cycles", "nodes run per backend");
     bool all_ok = nr > 0;
     for (int i = 0; i < nr; i++) {
         char cyc[24] = "-";
         if (rows[i].cycles) snprintf(cyc, sizeof cyc, "%llu", (unsigned long long)rows[i].cycles);
-        printf("%-52s %12.2e %8s %16.1f %16.1f %10s\n", rows[i].what, rows[i].err, rows[i].ok ? "pass" : "FAIL",
-               rows[i].pre, rows[i].dec, cyc);
+        printf("%-40s %10.2e %7s %15.1f %15.1f %8s  %s\n", rows[i].what, rows[i].err, rows[i].ok ? "pass" : "FAIL",
+               rows[i].pre, rows[i].dec, cyc, rows[i].split);
         all_ok &= rows[i].ok;
     }
     printf("\nmax |err|: largest logit difference from DeepSeek's reference over %s; pass = within 1e-4 + 1e-4 x |ref|.\n",
