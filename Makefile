@@ -41,7 +41,7 @@ TEST_COMMON := $(wildcard tests/common/*.c)
 TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(B)/obj/%.o)
 -include $(wildcard plugins/*/plugin.mk)
 
-.PHONY: all test check demo bench install clean deps
+.PHONY: all test check demo bench install clean deps $(B)/fathom.pc
 all: $(B)/libfathom.so $(B)/libfathom.a $(B)/fathom $(PLUGIN_SO) $(B)/fathom.pc
 
 $(B)/obj/%.o: %.c
@@ -90,7 +90,7 @@ $(DEPS_OK): tools/deps
 test: $(DEPS_OK)
 	$(MAKE) all
 	$(MAKE) $(TEST_BIN) $(BAD_SO)
-	FATHOM_BUILD=$(B) tools/run-tests $(TEST_BIN)
+	FATHOM_BUILD=$(B) tools/run-tests $(TEST_BIN) tests/plugin_guide.sh
 
 check: $(DEPS_OK)
 	$(MAKE) B=build/asan OPT='-O1 -g -fno-omit-frame-pointer' SAN='-fsanitize=address,undefined -fno-sanitize-recover=all' test

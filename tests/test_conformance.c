@@ -420,7 +420,9 @@ static void print_matrix(void) {
 int main(void) {
     const char *b = getenv("FATHOM_BUILD");
     char path[1024];
-    snprintf(path, sizeof path, "%s/plugins:%s/tests/plugins", b ? b : "build", b ? b : "build");
+    const char *extra = getenv("FATHOM_PLUGIN_PATH");
+    snprintf(path, sizeof path, "%s%s%s/plugins:%s/tests/plugins", extra ? extra : "", extra ? ":" : "", b ? b : "build",
+             b ? b : "build");
     setenv("FATHOM_PLUGIN_PATH", path, 1);
     if (fm_ctx_init(&g_ctx) != FM_OK) return 1;
     find_targets();

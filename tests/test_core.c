@@ -13,7 +13,12 @@ static char plugin_path[1024];
 /* Loads the built plugins plus the deliberately broken ones from tests/plugins. */
 static fm_ctx *ctx_with_test_plugins(void) {
     const char *b = getenv("FATHOM_BUILD");
-    snprintf(plugin_path, sizeof plugin_path, "%s/plugins:%s/tests/plugins", b ? b : "build", b ? b : "build");
+    static char extra_buf[512];
+    static const char *extra;
+    static int once;
+    if (!once++ && getenv("FATHOM_PLUGIN_PATH")) extra = strncpy(extra_buf, getenv("FATHOM_PLUGIN_PATH"), 511);
+    snprintf(plugin_path, sizeof plugin_path, "%s%s%s/plugins:%s/tests/plugins", extra ? extra : "", extra ? ":" : "",
+             b ? b : "build", b ? b : "build");
     setenv("FATHOM_PLUGIN_PATH", plugin_path, 1);
     setenv("FATHOM_LOG", "0", 1);
     fm_ctx *ctx = NULL;

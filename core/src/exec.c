@@ -473,7 +473,11 @@ fm_status fm_session_place(fm_session *s, const char *backends, const char *plac
 fm_status fm_session_init(fm_ctx *ctx, fm_graph *g, const char *backends, const char *place, uint32_t flags,
                           fm_session **out) {
     *out = NULL;
-    if (g->status != FM_OK) return fm_err(ctx, g->status, "session: the graph has an error: %s", ctx->err);
+    if (g->status != FM_OK) { /* the graph's first error is already the context's message */
+        char why[sizeof ctx->err];
+        snprintf(why, sizeof why, "%s", ctx->err);
+        return fm_err(ctx, g->status, "session: the graph has an error: %s", why);
+    }
     fm_session *s = calloc(1, sizeof *s);
     if (!s) return fm_err(ctx, FM_ENOMEM, "session: out of memory");
     s->ctx = ctx;

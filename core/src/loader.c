@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <limits.h>
+#include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,16 +180,18 @@ fm_status fm_loader_init(fm_ctx *ctx) {
             scan_dir(ctx, tok);
         free(copy);
     }
-    /* then the plugins folder beside the library: build/plugins or <prefix>/lib/fathom/plugins */
+    /* then the plugins folder beside the library (or the executable it is linked
+     * into): build/plugins, <prefix>/lib/fathom/plugins */
     Dl_info info;
-    if (dladdr((void *)fm_loader_init, &info) && info.dli_fname) {
-        char lib[PATH_MAX], dir[PATH_MAX + 32];
-        if (realpath(info.dli_fname, lib)) {
-            char *slash = strrchr(lib, '/');
-            if (slash) *slash = 0;
-            snprintf(dir, sizeof dir, "%s/plugins", lib);
-            scan_dir(ctx, dir);
-            snprintf(dir, sizeof dir, "%s/fathom/plugins", lib);
+    struct link_map *lm = NULL;
+    char lib[PATH_MAX], dir[PATH_MAX + 32];
+    if (dladdr1((void *)fm_loader_init, &info, (void **)&lm, RTLD_DL_LINKMAP) && lm &&
+        realpath(lm->l_name && *lm->l_name ? lm->l_name : "/proc/self/exe", lib)) {
+        char *slash = strrchr(lib, '/');
+        if (slash) *slash = 0;
+        static const char *const rel[] = {"plugins", "fathom/plugins", "../lib/fathom/plugins"};
+        for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
+            snprintf(dir, sizeof dir, "%s/%s", lib, rel[i]);
             scan_dir(ctx, dir);
         }
     }

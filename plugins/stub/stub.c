@@ -10,6 +10,7 @@
  * badabi, badsize, noentry, initfail, unavail; devmem keeps its buffers out of
  * the host's reach so the executor must copy) and the worked example of
  * docs/plugin-guide.md. */
+#define _POSIX_C_SOURCE 200809L /* strtok_r */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -11,7 +11,7 @@
  * succeeds. A failure refuses the plugin with a message naming the file and
  * both versions; the process goes on.
  *
- * Lifetime: the host calls init once, then any slots, then destroy once; it
+ * Lifetime: each context calls init once, then any slots, then destroy once; it
  * never unloads the object while anything it made is alive. Whoever allocates
  * frees: buffers from buffer_alloc go back through buffer_free.
  *
@@ -113,7 +113,8 @@ typedef struct fm_plugin {
     /* Describe the device. */
     fm_status (*device_info)(void *state, fm_device_info *out);
     /* 1 if compute can run this node (shapes, dtypes, params), else 0. cost (may be
-     * NULL) receives a relative cost hint, lower is better. Must not compute. */
+     * NULL) receives a relative cost hint, lower is better (reserved: placement
+     * follows the priority list today). Must not compute. */
     int (*supports)(void *state, const fm_pl_node *node, float *cost);
     /* Allocate size bytes of device memory. *buffer: the handle; *host: its host
      * address if FM_DEV_HOST_MEMORY, else NULL. FM_ENOMEM on failure. */
@@ -122,8 +123,9 @@ typedef struct fm_plugin {
     /* Copy between host memory and a buffer (bytes, offset in the buffer). */
     fm_status (*buffer_upload)(void *state, void *buffer, uint64_t offset, const void *src, uint64_t size);
     fm_status (*buffer_download)(void *state, void *buffer, uint64_t offset, void *dst, uint64_t size);
-    /* Compute one node. FM_UNSUPPORTED or FM_FAILED makes the host re-run it on the
-     * next backend (unless strict); last_error should say why. */
+    /* Compute one node. Any failure but FM_EINVAL (bad input, e.g. a token id past the
+     * vocabulary) makes the host re-run it on the next backend (unless strict);
+     * last_error should say why. */
     fm_status (*compute)(void *state, const fm_pl_node *node);
     /* (optional) Wait until queued work is done. */
     fm_status (*synchronize)(void *state);
