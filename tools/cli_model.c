@@ -140,21 +140,43 @@ int cmd_check(int argc, char **argv) {
     const char *at = cli_opt(argc, argv, "--atol", NULL), *rt = cli_opt(argc, argv, "--rtol", NULL);
     if (at) r.atol = r.atol_logits = atof(at);
     if (rt) r.rtol = atof(rt);
-    printf("model    %s\n         %s\n", dir, fm_model_describe(m));
-    printf("golden   %s (%s, gemm %s, attn %s); comparing with '%s*', atol %g (logits %g) + rtol %g x |ref|\n",
-           gpath, fm_st_metadata(g, "reference_commit") ? "DeepSeek reference" : "unknown origin",
-           gemm ? gemm : "?", fm_st_metadata(g, "attn_impl") ? fm_st_metadata(g, "attn_impl") : "?", r.prefix,
-           r.atol, r.atol_logits, r.rtol);
+    int json = cli_has_flag(argc, argv, "--json");
+    FILE *txt = json ? stderr : stdout;
+    fprintf(txt, "model    %s\n         %s\n", dir, fm_model_describe(m));
+    fprintf(txt, "golden   %s (%s, gemm %s, attn %s); comparing with '%s*', atol %g (logits %g) + rtol %g x |ref|\n",
+            gpath, fm_st_metadata(g, "reference_commit") ? "DeepSeek reference" : "unknown origin",
+            gemm ? gemm : "?", fm_st_metadata(g, "attn_impl") ? fm_st_metadata(g, "attn_impl") : "?", r.prefix,
+            r.atol, r.atol_logits, r.rtol);
     if (fm_golden_run_model(ctx, m, g, &r) != FM_OK) {
         fprintf(stderr, "fathom check: %s\n", fm_ctx_error(ctx));
         goto out;
     }
-    printf("protocol prefill %d tokens, then %d decode steps (%.1f / %.1f tokens/s)\n\n", r.T, r.S, r.prefill_tok_s,
-           r.decode_tok_s);
-    print_families(&r, stdout);
     int64_t bad = fm_golden_bad(&r);
-    if (r.missing) printf("(%d golden tensors absent for this comparison, skipped)\n", r.missing);
-    printf("\n%s: %lld values outside tolerance\n", bad ? "FAIL" : "PASS", (long long)bad);
+    if (json) {
+        printf("{\"model\":");
+        cli_json_str(stdout, dir);
+        printf(",\"pass\":%s,\"outside\":%lld,\"atol\":%g,\"atol_logits\":%g,\"rtol\":%g,\"prefix\":\"%s\","
+               "\"prefill_tokens\":%d,\"decode_tokens\":%d,\"prefill_tok_s\":%.3f,\"decode_tok_s\":%.3f,\"families\":[",
+               bad ? "false" : "true", (long long)bad, r.atol, r.atol_logits, r.rtol, r.prefix, r.T, r.S,
+               r.prefill_tok_s, r.decode_tok_s);
+        for (int i = 0, first = 1; i < FM_GF_COUNT; i++) {
+            const fm_golden_family *fa = &r.fam[i];
+            if (!fa->compared) continue;
+            printf("%s{\"name\":\"%s\",\"compared\":%lld,\"outside\":%lld,\"max_abs_err\":%.9g,\"worst\":",
+                   first ? "" : ",", fa->name, (long long)fa->compared, (long long)fa->bad,
+                   i == FM_GF_RI ? 0.0 : fa->max_err);
+            cli_json_str(stdout, fa->worst);
+            printf("}");
+            first = 0;
+        }
+        printf("],\"missing\":%d}\n", r.missing);
+    } else {
+        printf("protocol prefill %d tokens, then %d decode steps (%.1f / %.1f tokens/s)\n\n", r.T, r.S,
+               r.prefill_tok_s, r.decode_tok_s);
+        print_families(&r, stdout);
+        if (r.missing) printf("(%d golden tensors absent for this comparison, skipped)\n", r.missing);
+        printf("\n%s: %lld values outside tolerance\n", bad ? "FAIL" : "PASS", (long long)bad);
+    }
     rc = bad ? 1 : 0;
 out:
     fm_model_free(m);

@@ -65,24 +65,26 @@ int cmd_bench_overhead(int argc, char **argv) {
     qsort(t, (size_t)runs, sizeof *t, cmp_u64);
     double med = (double)t[runs / 2], per = med / nodes;
     uint64_t kernel = 0;
+    const char *ran = "?";
     for (int i = 0; i < nodes; i++) {
         fm_node_stat st;
         fm_session_node_stat(s, i, &st);
         kernel += st.time_ns;
+        ran = st.backend;
     }
     double per_kernel = (double)kernel / nodes;
     if (json)
-        printf("{\"bench\":\"overhead\",\"backend\":\"%s\",\"nodes\":%d,\"runs\":%d,\"run_us\":%.3f,"
+        printf("{\"bench\":\"overhead\",\"backend\":\"%s\",\"ran_on\":\"%s\",\"nodes\":%d,\"runs\":%d,\"run_us\":%.3f,"
                "\"per_node_us\":%.4f,\"kernel_per_node_us\":%.4f,\"executor_per_node_us\":%.4f,"
                "\"target_per_node_us\":2.0,\"unit\":\"us/node\"}\n",
-               backend, nodes, runs, med / 1e3, per / 1e3, per_kernel / 1e3, (per - per_kernel) / 1e3);
+               backend, ran, nodes, runs, med / 1e3, per / 1e3, per_kernel / 1e3, (per - per_kernel) / 1e3);
     else
-        printf("executor overhead on '%s': %d nodes (add of 16 floats), median of %d runs\n"
+        printf("executor overhead, placement '%s', nodes ran on '%s': %d nodes (add of 16 floats), median of %d runs\n"
                "  whole run          %10.3f us\n"
                "  per node           %10.4f us/node  (target <= 2 us/node)\n"
                "  in the kernel call %10.4f us/node  (timed around compute)\n"
                "  executor's share   %10.4f us/node\n",
-               backend, nodes, runs, med / 1e3, per / 1e3, per_kernel / 1e3, (per - per_kernel) / 1e3);
+               backend, ran, nodes, runs, med / 1e3, per / 1e3, per_kernel / 1e3, (per - per_kernel) / 1e3);
     free(t);
     rc = 0;
 out:

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "internal.h"
 
 static const char *find(int argc, char **argv, const char *name) {
     size_t n = strlen(name);
@@ -35,15 +36,7 @@ long cli_opt_int(int argc, char **argv, const char *name, long def, long lo, lon
     return x;
 }
 
-void cli_json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", *s);
-        else fputc(*s, f);
-    }
-    fputc('"', f);
-}
+void cli_json_str(FILE *f, const char *s) { fm_json_str(f, s); }
 
 int cli_check_flags(int argc, char **argv, const char *cmd, const char *const *known) {
     for (int i = 1; i < argc; i++) {

@@ -170,7 +170,7 @@ void fm_trace_add(fm_ctx *ctx, const char *name, const char *cat, int tid, uint6
 
 void fm_ctx_clear_trace(fm_ctx *ctx) { ctx->n_trace = 0; ctx->n_trace_str = 0; }
 
-static void json_str(FILE *f, const char *s) {
+void fm_json_str(FILE *f, const char *s) {
     fputc('"', f);
     for (; *s; s++) {
         if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
@@ -186,16 +186,16 @@ fm_status fm_ctx_write_trace(fm_ctx *ctx, const char *path) {
     fprintf(f, "{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n");
     for (int i = 0; i < ctx->n_be; i++) {
         fprintf(f, "{\"ph\":\"M\",\"pid\":1,\"tid\":%d,\"name\":\"thread_name\",\"args\":{\"name\":", i);
-        json_str(f, ctx->be[i].name);
+        fm_json_str(f, ctx->be[i].name);
         fprintf(f, "}},\n");
     }
     for (size_t i = 0; i < ctx->n_trace; i++) {
         const fm_trace_ev *e = &ctx->trace[i];
         fprintf(f, "{\"ph\":\"X\",\"pid\":1,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,\"cat\":", e->tid,
                 e->ts_ns / 1e3, e->dur_ns / 1e3);
-        json_str(f, e->cat);
+        fm_json_str(f, e->cat);
         fprintf(f, ",\"name\":");
-        json_str(f, ctx->trace_str + (uintptr_t)e->name);
+        fm_json_str(f, ctx->trace_str + (uintptr_t)e->name);
         fprintf(f, "},\n");
     }
     fprintf(f, "{\"ph\":\"M\",\"pid\":1,\"name\":\"process_name\",\"args\":{\"name\":\"fathom\"}}\n]}\n");

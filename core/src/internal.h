@@ -3,6 +3,7 @@
 #define FM_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdbool.h>
 
 #include "fathom/plugin.h"
@@ -58,6 +59,7 @@ void     *fm_alloc(fm_ctx *ctx, size_t size);   /* 64-byte aligned, zeroed; faul
 void      fm_free(void *p);
 void     *fm_realloc_array(fm_ctx *ctx, void *p, size_t *cap, size_t need, size_t elem);
 uint64_t  fm_now_ns(void);
+void      fm_json_str(FILE *f, const char *s); /* s as a JSON string literal */
 void      fm_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* loader.c */
