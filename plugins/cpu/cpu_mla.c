@@ -1,0 +1,267 @@
+/* cpu_mla.c - MLA_ATTN, absorbed form (DeepSeek model.py attn_impl="absorb").
+ *
+ * Queries are processed in blocks of QB tokens (rows = token x head). For each
+ * block: q_abs = W_UK^T q_nope per head (few tokens: kv_b rows streamed once and
+ * accumulated; more: W_UK decoded once per call and a GEMM), the row [q_abs |
+ * q_pe] against the latent cache in blocks of KB rows as GEMMs - scores S =
+ * Q K^T, an online softmax (running max and sum per row, causal mask from pos),
+ * O += P C - and finally out = W_UV o_lat per head. Memory is O(rows x (KB +
+ * kv_lora)), independent of the context length; the cache is read once per
+ * query block. The naive form is left to the reference backend. */
+#include <math.h>
+#include <string.h>
+
+#include "cpu_ops.h"
+
+#define KB 512
+
+int cpu_mla_supports(const fm_pl_node *nd) {
+    const fm_mla_attn_params *p = nd->params;
+    if (!p || nd->n_src != 4 || nd->n_dst != 1 || p->mode != FM_MLA_ABSORB) return 0;
+    const fm_pl_tensor *q = nd->src[0], *c = nd->src[1], *pos = nd->src[2], *y = nd->dst[0];
+    int64_t H = p->n_heads, D = (int64_t)p->kv_lora + p->rope;
+    if (H < 1 || p->nope < 1 || p->rope < 1 || p->v < 1 || p->kv_lora < 1 || !(p->scale > 0) || H > 4096) return 0;
+    if (!q || q->dtype != FM_F32 || q->ndim != 2 || q->ne[1] != H * (p->nope + p->rope)) return 0;
+    if (!c || c->dtype != FM_F32 || c->ndim != 2 || c->ne[1] != D) return 0;
+    if (!pos || pos->dtype != FM_I32 || pos->ndim != 1 || pos->ne[0] != q->ne[0]) return 0;
+    cpu_wmat w;
+    if (!cpu_wmat_from(nd->src[3], &w) || w.N != H * (p->nope + p->v) || w.K != p->kv_lora) return 0;
+    return y && y->dtype == FM_F32 && fm_pl_nelem(y) == q->ne[0] * H * p->v;
+}
+
+typedef struct mla_job {
+    cpu_state *s;
+    const fm_mla_attn_params *p;
+    cpu_wmat w;
+    const float *q, *cache;
+    const int32_t *pos;
+    float *out;
+    int64_t H, nope, R, v, C, D, qs;
+    int64_t t0, qn;           /* the query block */
+    float *qc;                /* [rows][D]: q_abs | q_pe */
+    float *S;                 /* [rows][KB] */
+    float *O;                 /* [rows][C] */
+    float *m, *l;             /* [rows] running max and sum */
+    float *wuk;               /* decoded W_UK [H][nope][C], or NULL */
+    char *tscr;
+    size_t per_thread;
+    int64_t kb0, kn;          /* the key block */
+} mla_job;
+
+/* q_abs of every token of the block for head h, streaming its nope kv_b rows. */
+static void qabs_head(void *arg, int64_t h, int tid) {
+    const mla_job *j = arg;
+    float *row = (float *)(j->tscr + (size_t)tid * j->per_thread);
+    for (int64_t t = 0; t < j->qn; t++) memset(j->qc + (t * j->H + h) * j->D, 0, (size_t)j->C * 4);
+    for (int64_t d = 0; d < j->nope; d++) {
+        int64_t wr = h * (j->nope + j->v) + d;
+        if (j->qn == 1) { /* decode: the row is decoded inside the axpy */
+            j->s->k->axpy_w(j->q[j->t0 * j->qs + h * (j->nope + j->R) + d], &j->w, wr, j->qc + h * j->D);
+            continue;
+        }
+        memset(row, 0, (size_t)j->C * 4);
+        j->s->k->axpy_w(1.0f, &j->w, wr, row);
+        for (int64_t t = 0; t < j->qn; t++) {
+            float qd = j->q[(j->t0 + t) * j->qs + h * (j->nope + j->R) + d];
+            j->s->k->axpy(qd, row, j->qc + (t * j->H + h) * j->D, j->C);
+        }
+    }
+}
+
+static void wuk_head(void *arg, int64_t h, int tid) {
+    (void)tid;
+    const mla_job *j = arg;
+    for (int64_t d = 0; d < j->nope; d++)
+        cpu_w_row(&j->w, h * (j->nope + j->v) + d, 0, (int)j->C, j->wuk + (h * j->nope + d) * j->C);
+}
+
+/* Online softmax over one key block for row r = (token, head). */
+static void softmax_row(void *arg, int64_t r, int tid) {
+    (void)tid;
+    const mla_job *j = arg;
+    int64_t t = j->t0 + r / j->H;
+    int64_t n = (int64_t)j->pos[t] + 1 - j->kb0; /* live keys of this row in the block */
+    if (n > j->kn) n = j->kn;
+    float *s = j->S + r * KB;
+    if (n <= 0) {
+        memset(s, 0, (size_t)j->kn * 4);
+        return;
+    }
+    float sc = j->p->scale, bm = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        s[i] *= sc;
+        bm = s[i] > bm ? s[i] : bm;
+    }
+    for (int64_t i = n; i < j->kn; i++) s[i] = -INFINITY;
+    float m0 = j->m[r], m1 = m0 > bm ? m0 : bm;
+    float corr = m0 == -INFINITY ? 0.0f : expf(m0 - m1);
+    float sum = j->s->k->expsum(s, m1, j->kn);
+    j->l[r] = j->l[r] * corr + sum;
+    j->m[r] = m1;
+    if (corr != 1.0f) {
+        float *o = j->O + r * j->C;
+        for (int64_t c = 0; c < j->C; c++) o[c] *= corr;
+    }
+}
+
+/* ---- decode: few rows, the keys split across threads (each thread a running max,
+ * sum and output per row over its key range; merged afterwards) ---- */
+
+#define KB2 128
+
+typedef struct dec_job {
+    const mla_job *j;
+    int64_t nr, maxn;
+    float *part;              /* per thread: m[nr], l[nr], O[nr][C], S[nr][KB2] */
+    size_t part_floats;
+} dec_job;
+
+static void dec_task(void *arg, int tid, int nt) {
+    const dec_job *d = arg;
+    const mla_job *j = d->j;
+    int64_t nr = d->nr, C = j->C, D = j->D;
+    float *m = d->part + (size_t)tid * d->part_floats, *l = m + nr, *O = l + nr, *S = O + nr * C;
+    int64_t units = (d->maxn + 15) / 16, k0 = units * tid / nt * 16, k1 = units * (tid + 1) / nt * 16;
+    if (k1 > d->maxn) k1 = d->maxn;
+    for (int64_t r = 0; r < nr; r++) m[r] = -INFINITY, l[r] = 0.0f;
+    memset(O, 0, (size_t)(nr * C) * 4);
+    for (int64_t kb = k0; kb < k1; kb += KB2) {
+        int kn = (int)(k1 - kb < KB2 ? k1 - kb : KB2);
+        const float *cb = j->cache + kb * D;
+        j->s->k->scores(j->qc, D, (int)nr, cb, D, kn, (int)D, S, KB2);
+        for (int64_t r = 0; r < nr; r++) {
+            float *s = S + r * KB2;
+            int64_t n = (int64_t)j->pos[j->t0 + r / j->H] + 1 - kb;
+            if (n > kn) n = kn;
+            if (n <= 0) {
+                memset(s, 0, (size_t)kn * 4);
+                continue;
+            }
+            float bm = -INFINITY;
+            for (int64_t i = 0; i < n; i++) s[i] *= j->p->scale, bm = s[i] > bm ? s[i] : bm;
+            for (int64_t i = n; i < kn; i++) s[i] = -INFINITY;
+            float m1 = m[r] > bm ? m[r] : bm, corr = m[r] == -INFINITY ? 0.0f : expf(m[r] - m1);
+            float sum = j->s->k->expsum(s, m1, kn);
+            l[r] = l[r] * corr + sum;
+            m[r] = m1;
+            if (corr != 1.0f)
+                for (int64_t c = 0; c < C; c++) O[r * C + c] *= corr;
+        }
+        j->s->k->pv(S, KB2, (int)nr, cb, D, kn, (int)C, O, C);
+    }
+}
+
+static fm_status mla_decode(mla_job *j, int64_t nr, int64_t maxn) {
+    cpu_state *s = j->s;
+    int nt = cpu_pool_size(s->pool);
+    dec_job d = {.j = j, .nr = nr, .maxn = maxn};
+    d.part_floats = (size_t)(nr * (2 + j->C + KB2) + 16);
+    d.part = cpu_scratch(s, d.part_floats * (size_t)nt * 4);
+    if (!d.part) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
+    cpu_pool_run(s->pool, dec_task, &d);
+    for (int64_t r = 0; r < nr; r++) {
+        float M = -INFINITY, L = 0.0f;
+        for (int t = 0; t < nt; t++) M = d.part[t * d.part_floats + r] > M ? d.part[t * d.part_floats + r] : M;
+        float *o = j->O + r * j->C;
+        memset(o, 0, (size_t)j->C * 4);
+        for (int t = 0; t < nt; t++) {
+            const float *pm = d.part + t * d.part_floats, *pl = pm + nr, *pO = pl + nr + r * j->C;
+            if (pm[r] == -INFINITY) continue;
+            float f = expf(pm[r] - M);
+            L += pl[r] * f;
+            s->k->axpy(f, pO, o, j->C);
+        }
+        float inv = 1.0f / L;
+        for (int64_t c = 0; c < j->C; c++) o[c] *= inv;
+    }
+    return FM_OK;
+}
+
+static void out_head(void *arg, int64_t h, int tid) {
+    const mla_job *j = arg;
+    int64_t n0 = h * (j->nope + j->v) + j->nope;
+    cpu_matmul_serial(j->s, j->O + h * j->C, j->qn, j->H * j->C, &j->w, n0, n0 + j->v, 0, NULL, NULL,
+                      j->out + j->t0 * j->H * j->v + h * j->v, j->H * j->v, j->tscr + (size_t)tid * j->per_thread);
+}
+
+fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
+    const fm_mla_attn_params *p = nd->params;
+    const fm_pl_tensor *q = nd->src[0], *cache = nd->src[1];
+    mla_job j = {.s = s, .p = p, .q = q->data, .cache = cache->data, .pos = nd->src[2]->data, .out = nd->dst[0]->data,
+                 .H = p->n_heads, .nope = p->nope, .R = p->rope, .v = p->v, .C = p->kv_lora};
+    cpu_wmat_from(nd->src[3], &j.w);
+    j.D = j.C + j.R;
+    j.qs = j.H * (j.nope + j.R);
+    int64_t T = q->ne[0], L = cache->ne[0];
+    for (int64_t t = 0; t < T; t++)
+        if (j.pos[t] < 0 || j.pos[t] >= L)
+            return cpu_fail(s, FM_EINVAL, "mla_attn '%s': position %d at row %lld outside the cache [0, %lld)", nd->name,
+                            j.pos[t], (long long)t, (long long)L);
+    if (T == 0) return FM_OK;
+    int64_t QB = 256 / j.H > 1 ? 256 / j.H : 1;
+    if (QB > T) QB = T;
+    int64_t rows = QB * j.H;
+    int nt = cpu_pool_size(s->pool);
+    cpu_wmat wv = j.w;
+    wv.N = j.v;
+    size_t g = cpu_matmul_scratch_bytes(s, QB, &wv, 0);
+    j.per_thread = ((g > (size_t)j.C * 4 ? g : (size_t)j.C * 4) + 127) & ~(size_t)63;
+    int need_wuk = T > 8;
+    size_t bytes = (size_t)(rows * (j.D + KB + j.C + 2)) * 4 + (need_wuk ? (size_t)(j.H * j.nope * j.C) * 4 : 0) +
+                   j.per_thread * (size_t)nt + 256;
+    char *buf = cpu_scratch_slot(s, 3, bytes);
+    if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn '%s': out of memory (%zu bytes)", nd->name, bytes);
+    j.tscr = buf;
+    j.qc = (float *)(buf + j.per_thread * (size_t)nt);
+    j.S = j.qc + rows * j.D;
+    j.O = j.S + rows * KB;
+    j.m = j.O + rows * j.C;
+    j.l = j.m + rows;
+    j.wuk = need_wuk ? j.l + rows : NULL;
+    if (need_wuk) cpu_pool_for(s->pool, j.H, wuk_head, &j);
+
+    for (j.t0 = 0; j.t0 < T; j.t0 += QB) {
+        j.qn = T - j.t0 < QB ? T - j.t0 : QB;
+        int64_t nr = j.qn * j.H;
+        /* q_abs | q_pe */
+        if (j.qn <= 8 || !need_wuk) {
+            cpu_pool_for(s->pool, j.H, qabs_head, &j);
+        } else {
+            for (int64_t h = 0; h < j.H; h++) {
+                fm_status st = cpu_sgemm(s, j.qn, j.C, j.nope, j.q + j.t0 * j.qs + h * (j.nope + j.R), j.qs,
+                                         j.wuk + h * j.nope * j.C, j.C, 1, j.qc + h * j.D, j.H * j.D, 0);
+                if (st != FM_OK) return st;
+            }
+        }
+        for (int64_t t = 0; t < j.qn; t++)
+            for (int64_t h = 0; h < j.H; h++)
+                memcpy(j.qc + (t * j.H + h) * j.D + j.C, j.q + (j.t0 + t) * j.qs + h * (j.nope + j.R) + j.nope,
+                       (size_t)j.R * 4);
+        int64_t maxn = 0;
+        for (int64_t t = 0; t < j.qn; t++) maxn = j.pos[j.t0 + t] + 1 > maxn ? j.pos[j.t0 + t] + 1 : maxn;
+        if (nr <= 64) { /* decode-sized block */
+            fm_status st = mla_decode(&j, nr, maxn);
+            if (st != FM_OK) return st;
+            cpu_pool_for(s->pool, j.H, out_head, &j);
+            continue;
+        }
+        for (int64_t r = 0; r < nr; r++) j.m[r] = -INFINITY, j.l[r] = 0.0f;
+        memset(j.O, 0, (size_t)(nr * j.C) * 4);
+        for (j.kb0 = 0; j.kb0 < maxn; j.kb0 += KB) {
+            j.kn = maxn - j.kb0 < KB ? maxn - j.kb0 : KB;
+            const float *kb = j.cache + j.kb0 * j.D;
+            fm_status st = cpu_sgemm(s, nr, j.kn, j.D, j.qc, j.D, kb, j.D, 0, j.S, KB, 0);
+            if (st != FM_OK) return st;
+            cpu_pool_for(nr >= 64 ? s->pool : NULL, nr, softmax_row, &j);
+            st = cpu_sgemm(s, nr, j.C, j.kn, j.S, KB, kb, j.D, 1, j.O, j.C, 1);
+            if (st != FM_OK) return st;
+        }
+        for (int64_t r = 0; r < nr; r++) {
+            float inv = 1.0f / j.l[r];
+            float *o = j.O + r * j.C;
+            for (int64_t c = 0; c < j.C; c++) o[c] *= inv;
+        }
+        cpu_pool_for(s->pool, j.H, out_head, &j);
+    }
+    return FM_OK;
+}

@@ -1,0 +1,132 @@
+/* bench.h - `fathom bench <sub>`: Fathom's kernels against a peer (docs/bench.md).
+ *
+ * fm_bench_main(argc, argv): argv[0] is "bench", argv[1] the subcommand (gemm,
+ * experts, route, mla, layer, model). Returns a process exit status. */
+#ifndef FM_BENCH_H
+#define FM_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fathom/plugin.h"
+
+int fm_bench_main(int argc, char **argv);
+
+/* ---- internal to tools/bench ---- */
+
+typedef struct bench_opts {
+    const char *sub;
+    int64_t m, n, k;          /* gemm shape: y[m, n] = x[m, k] w[n, k]^T */
+    int dtype;                /* fm_dtype of the weights */
+    int threads;              /* 0 = the backend's default (one per core) */
+    const char *backend;      /* "cpu" */
+    const char *isa;          /* cpu control "isa" (e.g. avx512bf16 = bf16 compute), NULL = default */
+    int runs, warmup;
+    int json;
+    int direct;               /* drive the plugin directly instead of the public API */
+    const char *peer;         /* "auto", "openblas", "blis", "none" */
+    int act_quant;            /* fp8: DeepSeek activation quantization */
+    /* experts / route / mla / layer / model */
+    int experts, active, tokens, hidden, inter, groups, topk_groups;
+    int heads, kv_lora, rope, nope, vdim, ctx_len;
+    int bw_mib;               /* bandwidth probe buffer */
+} bench_opts;
+
+/* Monotonic time in seconds. */
+double bench_now(void);
+/* Median of n values (sorts a copy). */
+double bench_median(const double *v, int n);
+void bench_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Probes (bench_probe*.c), at `threads` threads: register-only FMA loops and a
+ * streaming read of a buffer far larger than the last-level cache. 0 = unavailable. */
+double bench_probe_fma_f32(int threads);   /* GFLOP/s */
+double bench_probe_fma_bf16(int threads);  /* GFLOP/s, vdpbf16ps (2 FLOP per product) */
+double bench_probe_bw(int threads, size_t bytes); /* GB/s */
+/* ISA-specific bodies, called only when cpuid says the ISA is there. */
+double bench_fma_loop_avx512(int64_t iters);    /* seconds for iters x 12 zmm FMAs */
+double bench_bf16_loop_avx512bf16(int64_t iters);
+double bench_fma_loop_avx2(int64_t iters);      /* iters x 12 ymm FMAs */
+double bench_read_avx2(const float *p, size_t n); /* sum of n floats (keeps the loads live) */
+int bench_cpu_has(const char *what);            /* "avx2", "avx512", "avx512bf16" */
+
+/* BLAS peers, loaded with dlopen (bench_peer.c). */
+typedef struct bench_peer {
+    const char *name;         /* "openblas", "blis" */
+    char lib[256];            /* the file loaded, or "" */
+    char why[256];            /* why unavailable */
+    void *h;
+    void (*sgemm)(int, int, int, int, int, int, float, const float *, int, const float *, int, float, float *, int);
+    int ok;
+} bench_peer;
+int  bench_peer_load(bench_peer *p, const char *name, int threads);
+void bench_peer_unload(bench_peer *p);
+/* y[m, n] = x[m, k] w[n, k]^T */
+void bench_peer_gemm(const bench_peer *p, int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx,
+                     const float *w, float *y, int64_t ldy);
+
+/* "Ours": one graph (public API) or one node (plugin direct), see bench_ours.c. */
+typedef struct bench_tensor {  /* a leaf or output, host data owned by the caller */
+    const char *name;
+    int dtype, ndim;
+    int64_t ne[4];
+    void *data;
+    struct bench_tensor *scale; /* fp8 block scales */
+    int kind;                   /* 0 input, 1 weight, 2 state, 3 output */
+} bench_tensor;
+
+typedef struct bench_ours bench_ours;
+/* The op with its sources (in ops.def order; moe_experts: x, ids, weights, then
+ * gate/up/down per expert), outputs and params. */
+int  bench_ours_init(bench_ours **out, const bench_opts *o, int op, bench_tensor *const *src, int n_src,
+                     bench_tensor *const *dst, int n_dst, const void *params, size_t params_size, char *why,
+                     size_t whyn);
+int  bench_ours_run(bench_ours *b);     /* one timed unit: the node (or graph) once; 0 = ok */
+int  bench_ours_read(bench_ours *b);    /* copy outputs into their bench_tensor data */
+const char *bench_ours_mode(const bench_ours *b); /* "api" or "plugin" */
+const char *bench_ours_device(const bench_ours *b);
+const char *bench_ours_error(const bench_ours *b);
+void bench_ours_free(bench_ours *b);
+
+/* One plugin instance running arbitrary single nodes (the per-op compositions that
+ * serve as peers for route and mla). Outputs are written in place. */
+typedef struct bench_plugin bench_plugin;
+int  bench_plugin_open(bench_plugin **out, const bench_opts *o, char *why, size_t whyn);
+int  bench_plugin_run(bench_plugin *p, int op, bench_tensor *const *src, int n_src, bench_tensor *const *dst,
+                      int n_dst, const void *params);
+const char *bench_plugin_error(const bench_plugin *p);
+void bench_plugin_close(bench_plugin *p);
+
+/* Subcommands (bench_gemm.c, bench_moe.c, bench_mla.c, bench_subs.c). */
+int bench_gemm(const bench_opts *o);
+int bench_experts(const bench_opts *o);
+int bench_route(const bench_opts *o);
+int bench_mla(const bench_opts *o);
+int bench_layer(const bench_opts *o);
+int bench_model(const bench_opts *o);
+
+/* Reporting (bench.c). A result line set: printed as text or one JSON object. */
+typedef struct bench_report {
+    const char *bench;
+    char shape[256];          /* "m=512 n=2048 k=7168 dtype=f32" */
+    const char *unit;         /* "GFLOP/s", "GB/s", "tokens/s" */
+    double ours, peer;
+    const char *peer_name;
+    double ratio;
+    double fma_f32, fma_bf16, bw;
+    int threads, runs;
+    const char *mode;         /* api / plugin */
+    const char *device;
+    char extra_json[2048];    /* ", \"key\": value" pairs */
+    char extra_text[2048];    /* additional lines */
+} bench_report;
+void bench_print(const bench_opts *o, const bench_report *r);
+/* Runs the probes at o->threads and stores them in r. */
+void bench_probes(const bench_opts *o, bench_report *r);
+/* Interleaved protocol: rounds of (each contender once, order rotating); medians
+ * of seconds per run into med[]. fn(ctx) returns 0 on success. */
+typedef int (*bench_fn)(void *ctx);
+int bench_interleave(int n, bench_fn const *fn, void *const *ctx, int runs, int warmup, double *med, double *all);
+int bench_threads_effective(const bench_opts *o);
+
+#endif
