@@ -317,6 +317,41 @@ START_TEST(t_matmul_threads) {
 }
 END_TEST
 
+/* Long products: several K slices and row blocks of x, so the packed-x buffers the
+ * threads share (bf16 compute) are reused; an odd K leaves a half pair at the end.
+ * Results are checked against the reference and must not depend on the thread count. */
+START_TEST(t_matmul_blocks) {
+    if (!use_isa(_i)) return;
+    const int64_t T = 1100, N = 200, K = 1101;
+    wt w;
+    wt_make(&w, FM_BF16, N, K, 1.0);
+    float *x = rand_x(T * K, 1.0), *y1 = malloc((size_t)(T * N) * 4), *y2 = malloc((size_t)(T * N) * 4),
+          *y3 = malloc((size_t)(T * N) * 4);
+    ck_assert_int_eq(P->control(S, "threads", "1"), FM_OK);
+    ck_assert_int_eq(run_matmul(x, T, &w, 0, y1), FM_OK);
+    ck_assert_int_eq(P->control(S, "threads", "2"), FM_OK);
+    ck_assert_int_eq(run_matmul(x, T, &w, 0, y2), FM_OK);
+    ck_assert_int_eq(P->control(S, "threads", "3"), FM_OK);
+    ck_assert_int_eq(run_matmul(x, T, &w, 0, y3), FM_OK);
+    ck_assert_int_eq(P->control(S, "threads", "auto"), FM_OK);
+    ck_assert_mem_eq(y1, y2, (size_t)(T * N) * 4);
+    ck_assert_mem_eq(y1, y3, (size_t)(T * N) * 4);
+    double rel = cur_isa == 3 ? 8e-3 : 2e-6 * sqrt((double)K) + 1e-6;
+    for (int64_t t = 0; t < T; t += 7)
+        for (int64_t n = 0; n < N; n++) {
+            double r = 0, a = 0;
+            for (int64_t k = 0; k < K; k++) {
+                double p = (double)x[t * K + k] * wt_at(&w, n, k);
+                r += p, a += fabs(p);
+            }
+            ck_assert_msg(fabs((double)y1[t * N + n] - r) <= rel * a + 1e-30, "%s T=%lld: y[%lld,%lld] = %.9g, want %.9g",
+                          isas[cur_isa], (long long)T, (long long)t, (long long)n, (double)y1[t * N + n], r);
+        }
+    wt_free(&w);
+    free(x), free(y1), free(y2), free(y3);
+}
+END_TEST
+
 /* ---- fp8 act_quant: bit-exact against the README formula ---- */
 
 static void ref_fp8(const float *x, int64_t T, const wt *w, float *y) {
@@ -438,6 +473,7 @@ static void add_matmul_tests(Suite *s) {
     tcase_add_loop_test(tc, t_matmul_fp8_dequant, 0, 4);
     tcase_add_loop_test(tc, t_matmul_fp8_actquant, 0, 4);
     tcase_add_loop_test(tc, t_matmul_threads, 0, 4);
+    tcase_add_loop_test(tc, t_matmul_blocks, 0, 4);
     suite_add_tcase(s, tc);
 }
 /* ---- the other ops ---- */
@@ -769,6 +805,134 @@ START_TEST(t_mla_attn) {
 }
 END_TEST
 
+/* Decode-sized blocks with several vectors of lanes (token x head rows: 24 and 63),
+ * per-token causal limits from 0 to the last row, odd live lengths. */
+START_TEST(t_mla_decode_lanes) {
+    if (!use_isa(_i)) return;
+    if (cur_isa == 3) setenv("FATHOM_CPU_MLA_BF16", "1", 1); /* the opt-in bf16 kernel (tests fork) */
+    int32_t p8[8] = {0, 1, 63, 64, 65, 333, 1098, 1099}, p21[21];
+    for (int i = 0; i < 21; i++) p21[i] = (int32_t)((i * 577 + 13) % 1100);
+    mla_case(FM_BF16, 8, p8);
+    mla_case(FM_F32, 21, p21);
+    mla_case(FM_BF16, 21, p21);
+}
+END_TEST
+
+/* MoE decode (T <= 8): the whole layer split by rows across threads. Many experts,
+ * several per token, group sizes 1..T, I not a multiple of 16 or 128 (fp8 blocks
+ * partial): against the double reference, and bit-identical at 1, 2, 3 and 5 threads. */
+static void moe_decode_case(int dtype, int64_t T, int64_t H, int64_t I, int aq) {
+    enum { E = 12, K = 4 };
+    wt w[3 * E];
+    const fm_pl_tensor *src[3 + 3 * E];
+    for (int e = 0; e < 3 * E; e++) wt_make(&w[e], dtype, e % 3 == 2 ? H : I, e % 3 == 2 ? I : H, 1.0);
+    float *x = rand_x(T * H, 1.0), *wts = rand_x(T * K, 1.0), *y = malloc((size_t)(T * H) * 4),
+          *y1 = malloc((size_t)(T * H) * 4);
+    int32_t *ids = malloc((size_t)(T * K) * 4);
+    for (int64_t t = 0; t < T; t++) /* expert 0 in every token (groups up to T rows), 3 more, distinct */
+        for (int j = 0; j < K; j++) ids[t * K + j] = j == 0 ? 0 : (int32_t)(1 + (t * 5 + j * 3) % (E - 1));
+    for (int64_t t = 0; t < T; t++)
+        for (int j = 1; j < K; j++)
+            for (int a = 0; a < j; a++)
+                if (ids[t * K + a] == ids[t * K + j]) ids[t * K + j] = (ids[t * K + j] % (E - 1)) + 1, a = -1;
+    fm_pl_tensor tx = mk(FM_F32, 2, T, H, x, "x"), ti = mk(FM_I32, 2, T, K, ids, "ids"), tw = mk(FM_F32, 2, T, K, wts, "w");
+    fm_pl_tensor ty = mk(FM_F32, 2, T, H, y, "y");
+    src[0] = &tx, src[1] = &ti, src[2] = &tw;
+    for (int e = 0; e < 3 * E; e++) src[3 + e] = &w[e].t;
+    const fm_pl_tensor *dst[1] = {&ty};
+    fm_moe_experts_params p = {.n_experts = E, .act_quant = aq};
+    static const char *const thr[] = {"1", "2", "3", "5"};
+    for (int q = 0; q < 4; q++) {
+        ck_assert_int_eq(P->control(S, "threads", thr[q]), FM_OK);
+        ck_assert_int_eq(run_node(FM_OP_MOE_EXPERTS, src, 3 + 3 * E, dst, 1, &p), FM_OK);
+        if (q == 0) memcpy(y1, y, (size_t)(T * H) * 4);
+        else ck_assert_msg(!memcmp(y1, y, (size_t)(T * H) * 4), "%s moe decode T=%lld: %s threads differ from 1",
+                           isas[cur_isa], (long long)T, thr[q]);
+    }
+    double *hb = malloc((size_t)I * 8), *r = calloc((size_t)(T * H), 8), *a = calloc((size_t)(T * H), 8);
+    float *hq = malloc((size_t)I * 4), *gq = malloc((size_t)I * 4), *uq = malloc((size_t)I * 4), *oq = malloc((size_t)H * 4);
+    for (int64_t t = 0; t < T; t++)
+        for (int j = 0; j < K; j++) {
+            int e = ids[t * K + j];
+            if (aq) {
+                ref_fp8(x + t * H, 1, &w[3 * e], gq);
+                ref_fp8(x + t * H, 1, &w[3 * e + 1], uq);
+                for (int64_t i = 0; i < I; i++) hq[i] = gq[i] / (1.0f + expf(-gq[i])) * uq[i];
+                ref_fp8(hq, 1, &w[3 * e + 2], oq);
+                for (int64_t h = 0; h < H; h++)
+                    r[t * H + h] += (double)wts[t * K + j] * oq[h], a[t * H + h] += fabs(wts[t * K + j] * oq[h]);
+                continue;
+            }
+            for (int64_t i = 0; i < I; i++) {
+                double g = 0, u = 0;
+                for (int64_t h = 0; h < H; h++)
+                    g += x[t * H + h] * wt_at(&w[3 * e], i, h), u += x[t * H + h] * wt_at(&w[3 * e + 1], i, h);
+                hb[i] = g / (1 + exp(-g)) * u;
+            }
+            for (int64_t h = 0; h < H; h++) {
+                double o = 0, oa = 0;
+                for (int64_t i = 0; i < I; i++)
+                    o += hb[i] * wt_at(&w[3 * e + 2], h, i), oa += fabs(hb[i] * wt_at(&w[3 * e + 2], h, i));
+                r[t * H + h] += wts[t * K + j] * o, a[t * H + h] += fabs(wts[t * K + j]) * oa;
+            }
+        }
+    close_to(y, r, a, T * H, aq ? 2e-2 : 2e-5, aq ? "moe decode fp8 act_quant" : "moe decode");
+    P->control(S, "threads", "auto");
+    for (int e = 0; e < 3 * E; e++) wt_free(&w[e]);
+    free(x), free(wts), free(y), free(y1), free(ids), free(hb), free(r), free(a), free(hq), free(gq), free(uq), free(oq);
+}
+
+START_TEST(t_moe_decode) {
+    if (!use_isa(_i)) return;
+    moe_decode_case(FM_BF16, 1, 200, 300, 0);
+    moe_decode_case(FM_BF16, 1, 131, 200, 0); /* odd H: a down row left over by the two-stream kernel */
+    moe_decode_case(FM_F32, 2, 72, 40, 0);
+    moe_decode_case(FM_BF16, 5, 130, 72, 0);
+    moe_decode_case(FM_F8_E4M3, 8, 256, 300, 0);
+    moe_decode_case(FM_F8_E4M3, 1, 256, 300, 1);
+    moe_decode_case(FM_F8_E4M3, 7, 130, 400, 1);
+}
+END_TEST
+
+/* The naive form (k_nope | v expanded per head through kv_b) against the absorbed
+ * form on the same data: equal up to rounding; with fp8 act_quant up to the
+ * activation quantization (the bit-level check against the reference is in
+ * test_conformance). */
+static void mla_naive_case(int dtype, int act_quant, int64_t T, const int32_t *pos, double tol) {
+    enum { NH = 3, NOPE = 16, R = 32, V = 12, C = 320, L = 300, D = C + R }; /* C, D: multiples of 32 */
+    wt kvb;
+    wt_make(&kvb, dtype, NH * (NOPE + V), C, 0.5);
+    float *q = rand_x(T * NH * (NOPE + R), 1.0), *cache = rand_x(L * D, 1.0);
+    float *y = malloc((size_t)(T * NH * V) * 4), *ya = malloc((size_t)(T * NH * V) * 4);
+    fm_mla_attn_params p = {.n_heads = NH, .nope = NOPE, .rope = R, .v = V, .kv_lora = C, .scale = 0.3f,
+                            .mode = FM_MLA_NAIVE, .act_quant = act_quant};
+    fm_pl_tensor tq = mk(FM_F32, 2, T, NH * (NOPE + R), q, "q"), tc = mk(FM_F32, 2, L, D, cache, "cache");
+    fm_pl_tensor tp = mk(FM_I32, 1, T, 0, (void *)pos, "pos"), ty = mk(FM_F32, 2, T, NH * V, y, "y");
+    fm_pl_tensor ta = mk(FM_F32, 2, T, NH * V, ya, "ya");
+    const fm_pl_tensor *src[4] = {&tq, &tc, &tp, &kvb.t}, *dst[1] = {&ty}, *dsta[1] = {&ta};
+    ck_assert_int_eq(run_node(FM_OP_MLA_ATTN, src, 4, dst, 1, &p), FM_OK);
+    p.mode = FM_MLA_ABSORB;
+    ck_assert_int_eq(run_node(FM_OP_MLA_ATTN, src, 4, dsta, 1, &p), FM_OK);
+    double mx = 0, md = 0;
+    for (int64_t i = 0; i < T * NH * V; i++) mx = fmax(mx, fabs(ya[i])), md = fmax(md, fabs((double)y[i] - ya[i]));
+    ck_assert_msg(md <= tol * mx, "%s mla naive dtype %d act_quant %d T=%lld: max diff %g vs max %g", isas[cur_isa], dtype,
+                  act_quant, (long long)T, md, mx);
+    wt_free(&kvb);
+    free(q), free(cache), free(y), free(ya);
+}
+
+START_TEST(t_mla_naive) {
+    if (!use_isa(_i)) return;
+    if (cur_isa == 3) setenv("FATHOM_CPU_MLA_BF16", "1", 1); /* absorbed side: the bf16 kernel's fast layouts */
+    int32_t p1[1] = {299}, p3[3] = {0, 130, 257};
+    mla_naive_case(FM_F32, 0, 1, p1, 1e-5);
+    mla_naive_case(FM_BF16, 0, 3, p3, cur_isa == 3 ? 3e-2 : 1e-5);
+    mla_naive_case(FM_BF16, 0, 1, p1, cur_isa == 3 ? 3e-2 : 1e-5);
+    mla_naive_case(FM_F8_E4M3, 0, 3, p3, 1e-5);
+    mla_naive_case(FM_F8_E4M3, 1, 3, p3, 0.15);
+}
+END_TEST
+
 static void add_ops_tests(Suite *s) {
     TCase *tc = cpu_tcase("ops");
     tcase_add_loop_test(tc, t_elementwise, 0, 4);
@@ -777,6 +941,9 @@ static void add_ops_tests(Suite *s) {
     tcase_add_loop_test(tc, t_moe_route, 0, 4);
     tcase_add_loop_test(tc, t_moe_experts, 0, 4);
     tcase_add_loop_test(tc, t_mla_attn, 0, 4);
+    tcase_add_loop_test(tc, t_mla_decode_lanes, 0, 4);
+    tcase_add_loop_test(tc, t_mla_naive, 0, 4);
+    tcase_add_loop_test(tc, t_moe_decode, 0, 4);
     suite_add_tcase(s, tc);
 }
 

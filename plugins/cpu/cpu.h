@@ -205,4 +205,41 @@ CPU_HIDDEN fm_status cpu_sgemm(cpu_state *s, int64_t M, int64_t N, int64_t K, co
 CPU_HIDDEN int cpu_matmul_supports(const fm_pl_node *node);
 CPU_HIDDEN fm_status cpu_matmul_node(cpu_state *s, const fm_pl_node *node);
 
+/* ---- MLA kernels ---- */
+/* Absorbed-MLA decode over one range of cache rows (kern_mla_avx512.c: f32 FMA;
+ * kern_mla_avx512bf16.c: vdpbf16ps; avx512bf16 with FATHOM_CPU_MLA_BF16=1). Lanes: query rows
+ * (token x head), nl = 16 * nqv of them (nqv <= 4), padded past nq. Per block of
+ * cache rows: scores S[row][lane] as a small GEMM (cache elements broadcast, q
+ * transposed), an online softmax in f32 (running max m and sum l per lane, keys
+ * past lim[lane] masked), O[lane][C] += P C. m, l, O are the caller's (m = -inf,
+ * l = 0, O = 0 before the first range). */
+typedef struct cpu_mla_dec {
+    int nq, nqv;
+    int64_t C, D;            /* latent length, cache row length (C + rope) */
+    const float *q;          /* [nq][D]: q_abs | q_pe */
+    const float *cache;      /* [rows][D] */
+    const int32_t *lim;      /* [nl]: last cache row each lane sees (-1: none) */
+    float scale;
+} cpu_mla_dec;
+CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512(const cpu_mla_dec *d);
+CPU_HIDDEN void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
+                                   void *scratch);
+CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512bf16(const cpu_mla_dec *d);
+CPU_HIDDEN void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
+                                       void *scratch);
+/* Online-softmax step of one block (kern_mla_avx512.c, shared by both): S[kn][nl]
+ * scores of rows kb.., scaled and masked in place into p = exp(s - m_new); m, l
+ * updated; corr[nl] = exp(m_old - m_new). round_bf16: p rounded to bf16 (l sums
+ * the rounded values). */
+CPU_HIDDEN void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, const int32_t *lim, float scale, float *m,
+                                       float *l, float *corr, int round_bf16);
+/* y[0:K) = sum over d < nrows of q[d] * (row r0 + d of w, decoded): one head's q_abs. */
+CPU_HIDDEN void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y);
+
+/* ---- MoE kernels ---- */
+/* kern_moe_avx512.c (AVX-512 levels only): y0[n] = x . row n of r0, y1[n] = x . row n of r1, n < nrows,
+ * bf16 rows of K, two streams at once; the same bits as the T = 1 few-row kernel. */
+CPU_HIDDEN void cpu_moe_gemv2_bf16_avx512(const float *x, int64_t K, const uint16_t *r0, const uint16_t *r1,
+                                          int64_t nrows, float *y0, float *y1);
+
 #endif

@@ -1,4 +1,5 @@
-/* cpu_mla.c - MLA_ATTN, absorbed form (DeepSeek model.py attn_impl="absorb").
+/* cpu_mla.c - MLA_ATTN, absorbed form (DeepSeek model.py attn_impl="absorb") and
+ * naive form (mla_naive, below).
  *
  * Queries are processed in blocks of QB tokens (rows = token x head). For each
  * block: q_abs = W_UK^T q_nope per head (few tokens: kv_b rows streamed once and
@@ -7,8 +8,10 @@
  * Q K^T, an online softmax (running max and sum per row, causal mask from pos),
  * O += P C - and finally out = W_UV o_lat per head. Memory is O(rows x (KB +
  * kv_lora)), independent of the context length; the cache is read once per
- * query block. The naive form is left to the reference backend. */
+ * query block. Decode-sized blocks on the AVX-512 levels run the kernels of
+ * kern_mla_*.c (mla_decode_vec): cache rows split across threads, merged after. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_ops.h"
@@ -17,7 +20,7 @@
 
 int cpu_mla_supports(const fm_pl_node *nd) {
     const fm_mla_attn_params *p = nd->params;
-    if (!p || nd->n_src != 4 || nd->n_dst != 1 || p->mode != FM_MLA_ABSORB) return 0;
+    if (!p || nd->n_src != 4 || nd->n_dst != 1 || (p->mode != FM_MLA_ABSORB && p->mode != FM_MLA_NAIVE)) return 0;
     const fm_pl_tensor *q = nd->src[0], *c = nd->src[1], *pos = nd->src[2], *y = nd->dst[0];
     int64_t H = p->n_heads, D = (int64_t)p->kv_lora + p->rope;
     if (H < 1 || p->nope < 1 || p->rope < 1 || p->v < 1 || p->kv_lora < 1 || !(p->scale > 0) || H > 4096) return 0;
@@ -52,6 +55,11 @@ typedef struct mla_job {
 static void qabs_head(void *arg, int64_t h, int tid) {
     const mla_job *j = arg;
     float *row = (float *)(j->tscr + (size_t)tid * j->per_thread);
+    if (j->qn == 1 && (j->s->isa == CPU_ISA_AVX512 || j->s->isa == CPU_ISA_AVX512BF16)) {
+        cpu_mla_qabs_avx512(j->q + j->t0 * j->qs + h * (j->nope + j->R), j->nope, &j->w, h * (j->nope + j->v),
+                            j->qc + h * j->D);
+        return;
+    }
     for (int64_t t = 0; t < j->qn; t++) memset(j->qc + (t * j->H + h) * j->D, 0, (size_t)j->C * 4);
     for (int64_t d = 0; d < j->nope; d++) {
         int64_t wr = h * (j->nope + j->v) + d;
@@ -151,8 +159,70 @@ static void dec_task(void *arg, int tid, int nt) {
     }
 }
 
+/* AVX-512 levels: the blocked kernels of kern_mla_*.c (lanes = rows in vectors of 16). */
+typedef struct vdec_job {
+    const mla_job *j;
+    cpu_mla_dec d;
+    int bf16;
+    int64_t maxn, nl;
+    float *part;              /* per thread: m[nl], l[nl], O[nl][C], kernel scratch */
+    size_t part_floats;
+} vdec_job;
+
+static void vdec_task(void *arg, int tid, int nt) {
+    const vdec_job *v = arg;
+    int64_t nl = v->nl;
+    float *m = v->part + (size_t)tid * v->part_floats, *l = m + nl, *O = l + nl, *scr = O + nl * v->j->C;
+    int64_t units = (v->maxn + 15) / 16, k0 = units * tid / nt * 16, k1 = units * (tid + 1) / nt * 16;
+    if (k1 > v->maxn) k1 = v->maxn;
+    for (int64_t r = 0; r < nl; r++) m[r] = -INFINITY, l[r] = 0.0f;
+    memset(O, 0, (size_t)(nl * v->j->C) * 4);
+    if (k0 >= k1) return;
+    if (v->bf16)
+        cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr);
+    else
+        cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr);
+}
+
+static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
+    cpu_state *s = j->s;
+    int nt = cpu_pool_size(s->pool);
+    /* bf16 attention is opt-in on top of bf16-compute: the conformance suite holds every
+     * level to NMSE 1e-9, which bf16 rounding of the cache does not meet (about 3e-6). */
+    const char *ev = getenv("FATHOM_CPU_MLA_BF16");
+    vdec_job v = {.j = j, .maxn = maxn, .bf16 = s->bf16_compute && j->w.dtype == FM_BF16 && ev && ev[0] == '1'};
+    v.d = (cpu_mla_dec){.nq = (int)nr, .nqv = (int)((nr + 15) / 16), .C = j->C, .D = j->D, .q = j->qc,
+                        .cache = j->cache, .scale = j->p->scale};
+    v.nl = (int64_t)v.d.nqv * 16;
+    int32_t lim[64];
+    for (int64_t r = 0; r < v.nl; r++) lim[r] = r < nr ? j->pos[j->t0 + r / j->H] : -1;
+    v.d.lim = lim;
+    size_t ks = v.bf16 ? cpu_mla_dec_scratch_avx512bf16(&v.d) : cpu_mla_dec_scratch_avx512(&v.d);
+    v.part_floats = ((size_t)(v.nl * (2 + j->C)) + ks / 4 + 31) & ~(size_t)15;
+    v.part = cpu_scratch(s, v.part_floats * (size_t)nt * 4);
+    if (!v.part) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
+    cpu_pool_run(s->pool, vdec_task, &v);
+    for (int64_t r = 0; r < nr; r++) {
+        float M = -INFINITY, L = 0.0f;
+        for (int t = 0; t < nt; t++) M = v.part[t * v.part_floats + r] > M ? v.part[t * v.part_floats + r] : M;
+        float *o = j->O + r * j->C;
+        memset(o, 0, (size_t)j->C * 4);
+        for (int t = 0; t < nt; t++) {
+            const float *pm = v.part + t * v.part_floats, *pl = pm + v.nl, *pO = pl + v.nl + r * j->C;
+            if (pm[r] == -INFINITY) continue;
+            float f = expf(pm[r] - M);
+            L += pl[r] * f;
+            s->k->axpy(f, pO, o, j->C);
+        }
+        float inv = 1.0f / L;
+        for (int64_t c = 0; c < j->C; c++) o[c] *= inv;
+    }
+    return FM_OK;
+}
+
 static fm_status mla_decode(mla_job *j, int64_t nr, int64_t maxn) {
     cpu_state *s = j->s;
+    if ((s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16) && nr <= 64) return mla_decode_vec(j, nr, maxn);
     int nt = cpu_pool_size(s->pool);
     dec_job d = {.j = j, .nr = nr, .maxn = maxn};
     d.part_floats = (size_t)(nr * (2 + j->C + KB2) + 16);
@@ -184,6 +254,78 @@ static void out_head(void *arg, int64_t h, int tid) {
                       j->out + j->t0 * j->H * j->v + h * j->v, j->H * j->v, j->tscr + (size_t)tid * j->per_thread);
 }
 
+/* ---- naive form: per head, k_nope | v of every cache row in use through kv_b as a
+ * linear layer (DeepSeek act_quant for fp8 kv_b when asked: the latent rows are
+ * quantized once for all heads), then ordinary attention with the shared k_pe.
+ * Heads are split across threads; each thread holds one head's k | v. ---- */
+typedef struct naive_job {
+    cpu_state *s;
+    const fm_mla_attn_params *p;
+    cpu_wmat w;
+    const float *q, *cache, *xv, *xs;
+    const int32_t *pos;
+    float *out;
+    int64_t T, H, nope, R, v, C, D, hs, qs, rows;
+    int act_quant;
+    char *tscr;
+    size_t per_thread, gemm_bytes;
+} naive_job;
+
+static void naive_head(void *arg, int64_t h, int tid) {
+    const naive_job *j = arg;
+    const cpu_kern *k = j->s->k;
+    char *b = j->tscr + (size_t)tid * j->per_thread;
+    float *kvh = (float *)b, *sc = kvh + ((j->rows * j->hs + 15) & ~(int64_t)15);
+    void *g = (char *)(sc + ((j->rows + 15) & ~(int64_t)15));
+    cpu_matmul_serial(j->s, j->cache, j->rows, j->D, &j->w, h * j->hs, (h + 1) * j->hs, j->act_quant, j->xv, j->xs,
+                      kvh, j->hs, g);
+    for (int64_t t = 0; t < j->T; t++) {
+        const float *qn = j->q + t * j->qs + h * (j->nope + j->R), *qp = qn + j->nope;
+        int64_t n = (int64_t)j->pos[t] + 1;
+        float mx = -INFINITY;
+        for (int64_t r = 0; r < n; r++) {
+            sc[r] = (k->dot(qn, kvh + r * j->hs, j->nope) + k->dot(qp, j->cache + r * j->D + j->C, j->R)) * j->p->scale;
+            mx = sc[r] > mx ? sc[r] : mx;
+        }
+        float inv = 1.0f / k->expsum(sc, mx, n);
+        float *o = j->out + t * j->H * j->v + h * j->v;
+        memset(o, 0, (size_t)j->v * 4);
+        for (int64_t r = 0; r < n; r++) k->axpy(sc[r], kvh + r * j->hs + j->nope, o, j->v);
+        for (int64_t d = 0; d < j->v; d++) o[d] *= inv;
+    }
+}
+
+static fm_status mla_naive(cpu_state *s, const fm_pl_node *nd, int64_t T) {
+    const fm_mla_attn_params *p = nd->params;
+    naive_job j = {.s = s, .p = p, .q = nd->src[0]->data, .cache = nd->src[1]->data, .pos = nd->src[2]->data,
+                   .out = nd->dst[0]->data, .T = T, .H = p->n_heads, .nope = p->nope, .R = p->rope, .v = p->v,
+                   .C = p->kv_lora};
+    cpu_wmat_from(nd->src[3], &j.w);
+    j.D = j.C + j.R;
+    j.hs = j.nope + j.v;
+    j.qs = j.H * (j.nope + j.R);
+    j.act_quant = p->act_quant && j.w.dtype == FM_F8_E4M3;
+    for (int64_t t = 0; t < T; t++) j.rows = j.pos[t] + 1 > j.rows ? j.pos[t] + 1 : j.rows;
+    int nt = cpu_pool_size(s->pool);
+    int64_t nb = (j.C + CPU_QB - 1) / CPU_QB;
+    size_t qbytes = j.act_quant ? (size_t)(j.rows * (j.C + nb)) * 4 + 128 : 0;
+    j.gemm_bytes = cpu_matmul_scratch_bytes(s, j.rows, &j.w, j.act_quant);
+    j.per_thread = ((size_t)(((j.rows * j.hs + 15) & ~(int64_t)15) + ((j.rows + 15) & ~(int64_t)15)) * 4 +
+                    j.gemm_bytes + 127) & ~(size_t)63;
+    size_t bytes = j.per_thread * (size_t)nt + qbytes + 128;
+    char *buf = cpu_scratch_slot(s, 3, bytes);
+    if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn '%s': out of memory (%zu bytes)", nd->name, bytes);
+    j.tscr = buf;
+    if (j.act_quant) { /* the latent rows quantized once, shared by every head */
+        float *xv = (float *)(buf + j.per_thread * (size_t)nt);
+        float *xs = xv + ((j.rows * j.C + 15) & ~(int64_t)15);
+        cpu_act_quant_rows(j.cache, j.rows, j.D, j.C, xv, xs);
+        j.xv = xv, j.xs = xs;
+    }
+    cpu_pool_for(s->pool, j.H, naive_head, &j);
+    return FM_OK;
+}
+
 fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
     const fm_mla_attn_params *p = nd->params;
     const fm_pl_tensor *q = nd->src[0], *cache = nd->src[1];
@@ -198,6 +340,7 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
             return cpu_fail(s, FM_EINVAL, "mla_attn '%s': position %d at row %lld outside the cache [0, %lld)", nd->name,
                             j.pos[t], (long long)t, (long long)L);
     if (T == 0) return FM_OK;
+    if (p->mode == FM_MLA_NAIVE) return mla_naive(s, nd, T);
     int64_t QB = 256 / j.H > 1 ? 256 / j.H : 1;
     if (QB > T) QB = T;
     int64_t rows = QB * j.H;

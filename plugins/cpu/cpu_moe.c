@@ -11,7 +11,10 @@
  * which stream each weight tile once with the decode in registers. With fp8
  * act_quant, each token is quantized once (DeepSeek's act_quant) before gate/up
  * and each SwiGLU row once before down. Long inputs run in token chunks so the
- * buffers stay bounded. */
+ * buffers stay bounded. Decode (T <= 8) takes its own path, moe_decode below:
+ * the whole layer's rows split across threads, one barrier. */
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "cpu_ops.h"
@@ -148,6 +151,278 @@ static void sort_items(moe_item *v, int64_t n, const int64_t *off) {
     }
 }
 
+/* ---- decode (T <= 8): the whole layer's weights streamed once, split by rows ----
+ *
+ * One pool job, two phases, one barrier. Phase A (gate, up, SwiGLU): I is cut
+ * into chunks, each thread owns one contiguous run of chunks and walks it expert
+ * by expert, so it streams 2 x act long row runs (the same rows in every active
+ * expert: bytes balance whatever the group sizes); a work unit is (expert, chunk).
+ * With fp8 act_quant the chunks are 128-aligned and h's codes are made in place.
+ * Phase B (down and combine): the same over H; the thread that finishes the last
+ * expert of a chunk of H combines those columns of y (a counter per chunk), so no
+ * second barrier. A thread whose own run is done takes units from the far end of
+ * the others' runs (one CAS on a packed head/tail word), so a thread preempted by
+ * other work on the machine (or still waking up) delays the call by one unit, not
+ * by its share; the barrier counts finished units, not arrived threads.
+ * Each output element comes from one kernel call of the same shape as in the
+ * grouped path, so results do not depend on the thread count or on who ran what. */
+
+#define DEC_MAXT 8
+#define DEC_MAXTH 256
+
+typedef struct dec_queue {     /* units [head, tail) of one thread's run, packed head | tail << 32 */
+    _Alignas(64) _Atomic uint64_t ht;
+} dec_queue;
+
+typedef struct dec_job {
+    const cpu_state *s;
+    const fm_pl_node *nd;
+    int64_t T, H, I, k, nbI, nact;
+    int aq;
+    int two;                   /* AVX-512: single-row groups of bf16 weights read two streams at once */
+    const int32_t *act;        /* [nact] active experts, ascending */
+    const int64_t *goff;       /* [nact + 1] first group row of each active expert */
+    const float *const *xp;    /* [nact] x rows of the group (or their act_quant values) */
+    const float *const *xsp;   /* [nact] act_quant scales of those rows */
+    float *h, *hv, *hs;        /* [S][I] SwiGLU rows; act_quant values and scales */
+    float *o;                  /* [S][H] expert outputs */
+    const int64_t *crow;       /* [T][k] group row of each slot, in ascending expert order */
+    const float *cwt;          /* [T][k] weights in the same order */
+    float *y;
+    char *tscr;
+    size_t per_thread;
+    int64_t ca, cb, nca, ncb;  /* chunk rows and chunk counts of phases A and B */
+    int64_t c0a[DEC_MAXTH + 1], c0b[DEC_MAXTH + 1]; /* first chunk of each thread's run */
+    dec_queue *qa, *qb;        /* [nt] */
+    _Atomic int32_t *done;     /* [ncb] experts finished per chunk of H */
+    _Atomic int64_t done_a;    /* phase A units finished */
+} dec_job;
+
+static uint64_t q_pack(uint32_t h, uint32_t t) { return (uint64_t)h | (uint64_t)t << 32; }
+
+/* the owner takes from the front, others from the back; -1 when empty */
+static int64_t q_take(dec_queue *q, int back) {
+    uint64_t v = atomic_load_explicit(&q->ht, memory_order_relaxed);
+    for (;;) {
+        uint32_t h = (uint32_t)v, t = (uint32_t)(v >> 32);
+        if (h >= t) return -1;
+        uint64_t nv = back ? q_pack(h, t - 1) : q_pack(h + 1, t);
+        if (atomic_compare_exchange_weak_explicit(&q->ht, &v, nv, memory_order_acq_rel, memory_order_relaxed))
+            return back ? (int64_t)t - 1 : (int64_t)h;
+    }
+}
+
+/* next unit for thread tid: its own, else stolen; *owner = whose run it is from */
+static int64_t dec_next(dec_queue *q, int tid, int nt, int *owner) {
+    int64_t u = q_take(&q[tid], 0);
+    if (u >= 0) return *owner = tid, u;
+    for (int d = 1; d < nt; d++) {
+        int v = (tid + d) % nt;
+        if ((u = q_take(&q[v], 1)) >= 0) return *owner = v, u;
+    }
+    return -1;
+}
+
+/* the first lines of a weight run, so its stream starts warm */
+static void dec_prefetch(const cpu_wmat *w, int64_t row) {
+    const char *p = (const char *)w->data + row * w->K * (w->dtype == FM_F32 ? 4 : w->dtype == FM_F8_E4M3 ? 1 : 2);
+    for (int l = 0; l < 16; l++) __builtin_prefetch(p + 64 * l, 0, 2);
+}
+
+static void dec_unit_a(const dec_job *j, int64_t a, int64_t c, float *g) {
+    const cpu_kern *kk = j->s->k;
+    int64_t I = j->I, i0 = c * j->ca, i1 = i0 + j->ca < I ? i0 + j->ca : I, nn = i1 - i0;
+    int64_t r0 = j->goff[a], n = j->goff[a + 1] - r0;
+    float *u = g + DEC_MAXT * j->ca;
+    cpu_wmat wg, wu;
+    w_of(j->nd, 0, j->act[a], &wg);
+    w_of(j->nd, 1, j->act[a], &wu);
+    if (n == 1 && j->two && wg.dtype == FM_BF16 && wu.dtype == FM_BF16) { /* one row: gate and up side by side */
+        cpu_moe_gemv2_bf16_avx512(j->xp[a], j->H, (const uint16_t *)wg.data + i0 * wg.K,
+                                  (const uint16_t *)wu.data + i0 * wu.K, nn, g, u);
+    } else {
+    dec_prefetch(&wu, i0);
+    if (j->aq && wg.dtype == FM_F8_E4M3) kk->gemv_fp8(j->xp[a], j->xsp[a], (int)n, wg.K, &wg, i0, i1, g, nn);
+    else kk->gemv(j->xp[a], j->H, (int)n, &wg, i0, i1, g, nn);
+    if (j->aq && wu.dtype == FM_F8_E4M3) kk->gemv_fp8(j->xp[a], j->xsp[a], (int)n, wu.K, &wu, i0, i1, u, nn);
+    else kk->gemv(j->xp[a], j->H, (int)n, &wu, i0, i1, u, nn);
+    }
+    for (int64_t r = 0; r < n; r++) {
+        float *hr = j->h + (r0 + r) * I + i0;
+        kk->swiglu_row(g + r * nn, u + r * nn, hr, nn);
+        if (j->aq) cpu_act_quant_rows(hr, 1, I, nn, j->hv + (r0 + r) * I + i0, j->hs + (r0 + r) * j->nbI + i0 / CPU_QB);
+    }
+}
+
+static void dec_unit_b(dec_job *j, int64_t a, int64_t c) {
+    const cpu_kern *kk = j->s->k;
+    int64_t H = j->H, I = j->I, h0 = c * j->cb, h1 = h0 + j->cb < H ? h0 + j->cb : H;
+    int64_t r0 = j->goff[a], n = j->goff[a + 1] - r0;
+    cpu_wmat wd;
+    w_of(j->nd, 2, j->act[a], &wd);
+    if (n == 1 && j->two && wd.dtype == FM_BF16 && h1 - h0 >= 2) { /* one row: two halves of the range side by side */
+        int64_t half = (h1 - h0) / 2;
+        const uint16_t *w = (const uint16_t *)wd.data;
+        float *orow = j->o + r0 * H;
+        cpu_moe_gemv2_bf16_avx512(j->h + r0 * I, I, w + h0 * I, w + (h0 + half) * I, half, orow + h0, orow + h0 + half);
+        if (h0 + 2 * half < h1) kk->gemv(j->h + r0 * I, I, 1, &wd, h1 - 1, h1, orow + h1 - 1, H);
+    } else if (j->aq && wd.dtype == FM_F8_E4M3)
+        kk->gemv_fp8(j->hv + r0 * I, j->hs + r0 * j->nbI, (int)n, I, &wd, h0, h1, j->o + r0 * H + h0, H);
+    else
+        kk->gemv(j->h + r0 * I, I, (int)n, &wd, h0, h1, j->o + r0 * H + h0, H);
+    /* the last expert of this chunk combines its columns (acq_rel: the others' o rows are visible) */
+    if (atomic_fetch_add_explicit(&j->done[c], 1, memory_order_acq_rel) != j->nact - 1) return;
+    for (int64_t t = 0; t < j->T; t++) {
+        float *yr = j->y + t * H + h0;
+        memset(yr, 0, (size_t)(h1 - h0) * 4);
+        for (int64_t q = 0; q < j->k; q++) kk->axpy(j->cwt[t * j->k + q], j->o + j->crow[t * j->k + q] * H + h0, yr, h1 - h0);
+    }
+}
+
+/* unit u of thread v's run: expert-major, so the owner streams each expert's rows in one go */
+static void dec_unit_of(const int64_t *c0, int v, int64_t u, int64_t *a, int64_t *c) {
+    int64_t nc = c0[v + 1] - c0[v];
+    *a = u / nc, *c = c0[v] + u % nc;
+}
+
+static void dec_task(void *arg, int tid, int nt) {
+    dec_job *j = arg;
+    float *g = (float *)(void *)(j->tscr + (size_t)tid * j->per_thread);
+    int v;
+    int64_t u, a, c;
+    while ((u = dec_next(j->qa, tid, nt, &v)) >= 0) {
+        dec_unit_of(j->c0a, v, u, &a, &c);
+        dec_unit_a(j, a, c, g);
+        atomic_fetch_add_explicit(&j->done_a, 1, memory_order_release);
+    }
+    /* the only barrier: every h row complete. It counts finished units, not threads, so
+     * a worker that wakes late (its share taken by the others) holds nobody up. */
+    for (int spins = 0; atomic_load_explicit(&j->done_a, memory_order_acquire) < j->nact * j->nca; spins++) {
+        if (spins < 20000) __builtin_ia32_pause();
+        else sched_yield();
+    }
+    while ((u = dec_next(j->qb, tid, nt, &v)) >= 0) {
+        dec_unit_of(j->c0b, v, u, &a, &c);
+        dec_unit_b(j, a, c);
+    }
+}
+
+static fm_status moe_decode(cpu_state *s, const fm_pl_node *nd, int64_t T, int64_t H, int64_t I, int64_t k, int64_t E,
+                            int aq) {
+    const int32_t *ids = nd->src[1]->data;
+    const float *x = nd->src[0]->data, *wts = nd->src[2]->data;
+    int64_t S = T * k, nbH = (H + CPU_QB - 1) / CPU_QB, nbI = (I + CPU_QB - 1) / CPU_QB;
+    int nt = cpu_pool_size(s->pool);
+    if (nt > DEC_MAXTH) nt = DEC_MAXTH;
+    /* chunks: about four per thread and phase (units are (expert, chunk)) */
+    int64_t alignA = aq ? CPU_QB : 16;
+    int64_t ca = ((I + 4 * nt - 1) / (4 * nt) + alignA - 1) / alignA * alignA;
+    int64_t cb = ((H + 4 * nt - 1) / (4 * nt) + 15) / 16 * 16;
+    int64_t nca = (I + ca - 1) / ca, ncb = (H + cb - 1) / cb;
+    /* shared buffers (slot 1), grown once and kept */
+    size_t need = (size_t)(E + 1) * 8 * 2 + (size_t)S * (8 * 4 + 4 * 3 + 8 * 2) + (size_t)nt * 2 * 64 +
+                  (size_t)ncb * 4 + (size_t)(S * (H + nbH + (aq ? 2 : 1) * I + nbI + H)) * 4 +
+                  (size_t)(T * (H + nbH)) * 4 + sizeof(dec_job) + 2048;
+    char *buf = cpu_scratch_slot(s, 1, need);
+    if (!buf) return cpu_fail(s, FM_ENOMEM, "moe_experts '%s': out of memory (%zu bytes)", nd->name, need);
+#define TAKE(ptr, type, count)                                                  \
+    do {                                                                        \
+        buf = (char *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);                 \
+        ptr = (type *)(void *)buf;                                              \
+        buf += (size_t)(count) * sizeof(type);                                  \
+    } while (0)
+    int64_t *cnt, *goff, *pos, *crow, *slotrow;
+    int32_t *act, *slot;
+    float *cwt, *xg, *xgs, *h, *hv = NULL, *hs = NULL, *o, *xq = NULL, *xqs = NULL;
+    const float **xp, **xsp;
+    dec_queue *qa, *qb;
+    _Atomic int32_t *done;
+    dec_job *j;
+    TAKE(j, dec_job, 1);
+    TAKE(qa, dec_queue, nt);
+    TAKE(qb, dec_queue, nt);
+    TAKE(done, _Atomic int32_t, ncb);
+    TAKE(cnt, int64_t, E + 1);
+    TAKE(pos, int64_t, E + 1);
+    TAKE(goff, int64_t, S + 1);
+    TAKE(crow, int64_t, S);
+    TAKE(slotrow, int64_t, S);
+    TAKE(act, int32_t, S);
+    TAKE(slot, int32_t, S);
+    TAKE(xp, const float *, S);
+    TAKE(xsp, const float *, S);
+    TAKE(cwt, float, S);
+    TAKE(xg, float, S * H);
+    TAKE(xgs, float, S * nbH);
+    TAKE(h, float, S * I);
+    if (aq) TAKE(hv, float, S * I);
+    TAKE(hs, float, S * nbI);
+    TAKE(o, float, S * H);
+    if (aq) {
+        TAKE(xq, float, T * H);
+        TAKE(xqs, float, T * nbH);
+    }
+#undef TAKE
+    /* groups: active experts ascending, rows of each in token order */
+    memset(cnt, 0, (size_t)(E + 1) * 8);
+    for (int64_t i = 0; i < S; i++) cnt[ids[i]]++;
+    int64_t nact = 0;
+    goff[0] = 0;
+    for (int64_t e = 0; e < E; e++) {
+        pos[e] = goff[nact];
+        if (cnt[e]) act[nact] = (int32_t)e, goff[nact + 1] = goff[nact] + cnt[e], nact++;
+    }
+    for (int64_t i = 0; i < S; i++) slotrow[i] = pos[ids[i]]++, slot[slotrow[i]] = (int32_t)i;
+    if (aq) cpu_act_quant_rows(x, T, H, H, xq, xqs); /* each token once */
+    const float *xsrc = aq ? xq : x;
+    for (int64_t a = 0; a < nact; a++) {
+        int64_t r0 = goff[a], n = goff[a + 1] - r0;
+        if (n == 1) { /* a single row: read it in place */
+            int64_t t = slot[r0] / k;
+            xp[a] = xsrc + t * H, xsp[a] = aq ? xqs + t * nbH : NULL;
+            continue;
+        }
+        for (int64_t r = 0; r < n; r++) {
+            int64_t t = slot[r0 + r] / k;
+            memcpy(xg + (r0 + r) * H, xsrc + t * H, (size_t)H * 4);
+            if (aq) memcpy(xgs + (r0 + r) * nbH, xqs + t * nbH, (size_t)nbH * 4);
+        }
+        xp[a] = xg + r0 * H, xsp[a] = aq ? xgs + r0 * nbH : NULL;
+    }
+    /* combine order: per token, its slots by ascending expert (the reference's order) */
+    for (int64_t t = 0; t < T; t++) {
+        int32_t ord[64];
+        const int32_t *id = ids + t * k;
+        for (int64_t a = 0; a < k; a++) {
+            int32_t v = (int32_t)a;
+            int64_t b = a - 1;
+            while (b >= 0 && id[ord[b]] > id[v]) ord[b + 1] = ord[b], b--;
+            ord[b + 1] = v;
+        }
+        for (int64_t a = 0; a < k; a++) crow[t * k + a] = slotrow[t * k + ord[a]], cwt[t * k + a] = wts[t * k + ord[a]];
+    }
+    /* per-thread gate and up rows of one unit */
+    size_t per = ((size_t)(2 * DEC_MAXT * ca) * 4 + 63) & ~(size_t)63;
+    char *tscr = cpu_scratch_slot(s, 2, per * (size_t)nt);
+    if (!tscr) return cpu_fail(s, FM_ENOMEM, "moe_experts '%s': out of memory (%zu bytes)", nd->name, per * (size_t)nt);
+    memset(j, 0, sizeof *j);
+    *j = (dec_job){.s = s, .nd = nd, .T = T, .H = H, .I = I, .k = k, .nbI = nbI, .nact = nact, .aq = aq, .act = act,
+                   .goff = goff, .xp = xp, .xsp = xsp, .h = h, .hv = hv, .hs = hs, .o = o, .crow = crow, .cwt = cwt,
+                   .y = nd->dst[0]->data, .tscr = tscr, .per_thread = per, .ca = ca, .cb = cb, .nca = nca,
+                   .ncb = ncb, .qa = qa, .qb = qb, .done = done,
+                   .two = s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16};
+    for (int v = 0; v <= nt; v++) j->c0a[v] = nca * v / nt, j->c0b[v] = ncb * v / nt;
+    for (int v = 0; v < nt; v++) {
+        atomic_init(&qa[v].ht, q_pack(0, (uint32_t)(nact * (j->c0a[v + 1] - j->c0a[v]))));
+        atomic_init(&qb[v].ht, q_pack(0, (uint32_t)(nact * (j->c0b[v + 1] - j->c0b[v]))));
+    }
+    for (int64_t c = 0; c < ncb; c++) atomic_init(&done[c], 0);
+    atomic_init(&j->done_a, 0);
+    if (nt < cpu_pool_size(s->pool)) return cpu_fail(s, FM_FAILED, "moe_experts: more than %d threads", DEC_MAXTH);
+    cpu_pool_run(s->pool, dec_task, j);
+    return FM_OK;
+}
+
 fm_status cpu_moe_node(cpu_state *s, const fm_pl_node *nd) {
     const fm_moe_experts_params *p = nd->params;
     const fm_pl_tensor *x = nd->src[0];
@@ -161,6 +436,7 @@ fm_status cpu_moe_node(cpu_state *s, const fm_pl_node *nd) {
             return cpu_fail(s, FM_EINVAL, "moe_experts '%s': expert id %d at row %lld, slot %lld outside [0, %lld)",
                             nd->name, ids[i], (long long)(i / k), (long long)(i % k), (long long)E);
     int aq = p->act_quant != 0;
+    if (T <= DEC_MAXT) return moe_decode(s, nd, T, H, I, k, E, aq);
     int64_t nbH = (H + CPU_QB - 1) / CPU_QB, nbI = (I + CPU_QB - 1) / CPU_QB;
     int64_t per_tok = k * (2 * H + (aq ? 2 : 1) * I + nbH + nbI) * 4 + k * 16;
     int64_t TC = CHUNK_BYTES / per_tok;

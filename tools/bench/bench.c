@@ -156,7 +156,11 @@ static void usage(void) {
             "  experts: --experts E (64) --active k (6) --tokens T (512) --hidden H (2048) --inter I (768) --dtype\n"
             "  route:   --experts E (256) --active k (8) --groups G (8) --topk-groups (4) --tokens T --hidden H\n"
             "  mla:     --heads (16) --kv-lora (512) --rope (64) --nope (128) --v (128) --ctx (4096) --tokens T (1)\n"
-            "  layer, model: --tokens T --hidden H ... (docs/bench.md)\n");
+            "  model:   --model DIR, or a generated checkpoint: --hidden (1024) --layers (4) --dense-layers (1)\n"
+            "           --heads (16) --q-lora (384) --kv-lora (256) --rope (32) --nope (64) --v (64) --experts (32)\n"
+            "           --inter (352) --shared (1) --dense-inter (2464) --groups (4) --topk-groups (2) --active (6)\n"
+            "           --vocab (8192); --prompt-len (128) --decode (32)\n"
+            "  layer:   (docs/bench.md)\n");
 }
 
 static int dtype_of(const char *s) {
@@ -177,7 +181,10 @@ int fm_bench_main(int argc, char **argv) {
                     .backend = "cpu", .runs = 7, .warmup = 1, .peer = "auto", .experts = -1, .active = -1,
                     .tokens = -1, .hidden = -1, .inter = -1, .groups = -1, .topk_groups = -1, .heads = 16,
                     .kv_lora = 512, .rope = 64, .nope = 128, .vdim = 128, .ctx_len = 4096, .bw_mib = 512,
-                    .act_quant = -1};
+                    .act_quant = -1, .prompt_len = -1, .decode = -1, .layers = -1, .dense_layers = -1,
+                    .q_lora = -1, .vocab = -1, .shared = -1, .dense_inter = -1};
+    if (!strcmp(o.sub, "model")) /* a small DeepSeek-like model (docs/bench.md, model) */
+        o.kv_lora = 256, o.rope = 32, o.nope = 64, o.vdim = 64;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -212,9 +219,20 @@ int fm_bench_main(int argc, char **argv) {
         OPT("--ctx", ctx_len, atoi)
         OPT("--bw-mib", bw_mib, atoi)
         OPT("--act-quant", act_quant, atoi)
+        OPT("--prompt-len", prompt_len, atoi)
+        OPT("--decode", decode, atoi)
+        OPT("--layers", layers, atoi)
+        OPT("--dense-layers", dense_layers, atoi)
+        OPT("--q-lora", q_lora, atoi)
+        OPT("--vocab", vocab, atoi)
+        OPT("--shared", shared, atoi)
+        OPT("--dense-inter", dense_inter, atoi)
 #undef OPT
         if (!strcmp(a, "--backend") && v) {
             o.backend = v;
+            i++;
+        } else if (!strcmp(a, "--model") && v) {
+            o.model = v;
             i++;
         } else if (!strcmp(a, "--isa") && v) {
             o.isa = v;

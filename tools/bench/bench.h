@@ -30,6 +30,9 @@ typedef struct bench_opts {
     int experts, active, tokens, hidden, inter, groups, topk_groups;
     int heads, kv_lora, rope, nope, vdim, ctx_len;
     int bw_mib;               /* bandwidth probe buffer */
+    /* model: --model DIR (NULL: a generated random-weight checkpoint), its shape otherwise */
+    const char *model;
+    int prompt_len, decode, layers, dense_layers, q_lora, vocab, shared, dense_inter;
 } bench_opts;
 
 /* Monotonic time in seconds. */
@@ -97,7 +100,7 @@ int  bench_plugin_run(bench_plugin *p, int op, bench_tensor *const *src, int n_s
 const char *bench_plugin_error(const bench_plugin *p);
 void bench_plugin_close(bench_plugin *p);
 
-/* Subcommands (bench_gemm.c, bench_moe.c, bench_mla.c, bench_subs.c). */
+/* Subcommands (bench_gemm.c, bench_moe.c, bench_mla.c, bench_layer.c, bench_model.c). */
 int bench_gemm(const bench_opts *o);
 int bench_experts(const bench_opts *o);
 int bench_route(const bench_opts *o);
