@@ -809,7 +809,7 @@ END_TEST
  * per-token causal limits from 0 to the last row, odd live lengths. */
 START_TEST(t_mla_decode_lanes) {
     if (!use_isa(_i)) return;
-    if (cur_isa == 3) setenv("FATHOM_CPU_MLA_BF16", "1", 1); /* the opt-in bf16 kernel (tests fork) */
+    if (cur_isa == 3) ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK); /* the opt-in bf16 kernel (tests fork) */
     int32_t p8[8] = {0, 1, 63, 64, 65, 333, 1098, 1099}, p21[21];
     for (int i = 0; i < 21; i++) p21[i] = (int32_t)((i * 577 + 13) % 1100);
     mla_case(FM_BF16, 8, p8);
@@ -923,7 +923,7 @@ static void mla_naive_case(int dtype, int act_quant, int64_t T, const int32_t *p
 
 START_TEST(t_mla_naive) {
     if (!use_isa(_i)) return;
-    if (cur_isa == 3) setenv("FATHOM_CPU_MLA_BF16", "1", 1); /* absorbed side: the bf16 kernel's fast layouts */
+    if (cur_isa == 3) ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK); /* absorbed side: the bf16 kernel's fast layouts */
     int32_t p1[1] = {299}, p3[3] = {0, 130, 257};
     mla_naive_case(FM_F32, 0, 1, p1, 1e-5);
     mla_naive_case(FM_BF16, 0, 3, p3, cur_isa == 3 ? 3e-2 : 1e-5);

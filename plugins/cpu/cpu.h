@@ -164,6 +164,7 @@ typedef struct cpu_state {
     const fm_host_services *host;
     cpu_isa isa;           /* level in use */
     int bf16_compute;      /* bf16 weights multiply bf16-rounded activations with vdpbf16ps */
+    int mla_bf16;          /* with bf16_compute: absorbed MLA decode rounds the latent cache to bf16 */
     const cpu_kern *k;
     cpu_pool *pool;
     int nthreads;

@@ -6,7 +6,8 @@
  *   FATHOM_CPU_THREADS=N   pool size (default: one thread per physical core)
  *   FATHOM_CPU_PIN=0       do not bind workers to cores
  * Control keys: "threads" (N or "auto"), "isa" (a level or "auto"; FM_UNSUPPORTED
- * if the machine lacks it), "bf16_compute" ("1"/"0"; the avx512bf16 level).
+ * if the machine lacks it), "bf16_compute" ("1"/"0"; the avx512bf16 level), "mla_bf16"
+ * ("1"/"0", default from FATHOM_CPU_MLA_BF16; bf16 latent cache in absorbed decode).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -89,6 +90,8 @@ static fm_status cpu_init(const fm_host_services *host, void **state, char *why,
             isa = (cpu_isa)want;
     }
     set_isa(s, isa);
+    const char *mb = getenv("FATHOM_CPU_MLA_BF16");
+    s->mla_bf16 = mb && mb[0] == '1';
     const char *pin = getenv("FATHOM_CPU_PIN");
     s->pin = !(pin && !strcmp(pin, "0"));
     int n = 0;
@@ -242,7 +245,11 @@ static fm_status cpu_control(void *state, const char *key, const char *value) {
         }
         return FM_OK;
     }
-    return cpu_fail(s, FM_ENOTFOUND, "control: unknown key \"%s\" (threads, isa, bf16_compute)", key);
+    if (!strcmp(key, "mla_bf16")) {
+        s->mla_bf16 = !strcmp(value, "1") || !strcmp(value, "on") || !strcmp(value, "true");
+        return FM_OK;
+    }
+    return cpu_fail(s, FM_ENOTFOUND, "control: unknown key \"%s\" (threads, isa, bf16_compute, mla_bf16)", key);
 }
 
 FM_PLUGIN_EXPORT const fm_plugin *fm_plugin_entry(void) {
