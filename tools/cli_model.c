@@ -29,11 +29,13 @@ static int parse_attn(const char *s) {
 
 /* ---- shared setup ---- */
 
-static fm_model *load_model(fm_ctx *ctx, int argc, char **argv, const char *dir, int capture, uint32_t flags) {
+/* Flags given on the command line win over attn and max_seq (defaults). */
+static fm_model *load_model(fm_ctx *ctx, int argc, char **argv, const char *dir, int capture, uint32_t flags,
+                            const char *attn, int32_t max_seq) {
     fm_model_options o = {
         .weights = cli_opt(argc, argv, "--weights", NULL),
-        .max_seq = (int32_t)cli_opt_int(argc, argv, "--max-seq", 0, 0, 1 << 24),
-        .attn = parse_attn(cli_opt(argc, argv, "--attn", "auto")),
+        .max_seq = (int32_t)cli_opt_int(argc, argv, "--max-seq", max_seq, 0, 1 << 24),
+        .attn = parse_attn(cli_opt(argc, argv, "--attn", attn)),
         .act_quant = -1,
         .capture = capture,
         .backends = cli_opt(argc, argv, "--backend", NULL),
@@ -106,28 +108,14 @@ int cmd_check(int argc, char **argv) {
     }
     int rc = 1;
     fm_model *m = NULL;
-    /* the form of attention the golden was made with, unless --attn says otherwise */
+    /* the golden's form of attention, and a cache that holds the whole protocol,
+     * unless --attn / --max-seq say otherwise */
     const char *gattn = fm_st_metadata(g, "attn_impl");
-    char **av = malloc(((size_t)argc + 5) * sizeof *av);
-    if (!av) goto out;
-    memcpy(av, argv, (size_t)argc * sizeof *av);
-    int ac = argc;
-    if (!cli_has_flag(argc, argv, "--attn") && gattn && (!strcmp(gattn, "absorb") || !strcmp(gattn, "naive"))) {
-        av[ac++] = "--attn";
-        av[ac++] = (char *)gattn;
-    }
-    /* a cache large enough for the whole protocol */
+    if (!gattn || (strcmp(gattn, "absorb") && strcmp(gattn, "naive"))) gattn = "auto";
+    const char *attn = cli_opt(argc, argv, "--attn", gattn);
     const fm_st_tensor *tt = fm_st_get(g, "tokens"), *ts = fm_st_get(g, "decode_tokens");
-    char maxseq[32];
-    if (!cli_has_flag(argc, argv, "--max-seq") && tt && ts) {
-        snprintf(maxseq, sizeof maxseq, "%lld", (long long)(tt->ne[0] + ts->ne[0]));
-        av[ac++] = "--max-seq";
-        av[ac++] = maxseq;
-    }
-    av[ac] = NULL;
-    m = load_model(ctx, ac, av, dir, 1, 0);
-    const char *attn = cli_opt(ac, av, "--attn", "auto");
-    free(av);
+    int32_t max_seq = tt && ts ? (int32_t)(tt->ne[0] + ts->ne[0]) : 0;
+    m = load_model(ctx, argc, argv, dir, 1, 0, gattn, max_seq);
     if (!m) goto out;
     const char *gemm = fm_st_metadata(g, "gemm_impl");
     bool fp8 = gemm && !strcmp(gemm, "fp8");
@@ -226,7 +214,7 @@ int cmd_run(int argc, char **argv) {
     int rc = 1;
     int32_t *prompt = NULL, *gen = NULL;
     float *logits = NULL;
-    fm_model *m = load_model(ctx, argc, argv, dir, 0, trace ? FM_RUN_TRACE : 0);
+    fm_model *m = load_model(ctx, argc, argv, dir, 0, trace ? FM_RUN_TRACE : 0, "auto", 0);
     if (!m) goto out;
     int V = fm_model_vocab(m), n;
     const char *ps = cli_opt(argc, argv, "--prompt", NULL);
@@ -414,7 +402,7 @@ int cmd_demo(int argc, char **argv) {
                : b.status == FM_BACKEND_UNAVAILABLE ? "unavailable" : "refused",
                b.status == FM_BACKEND_READY ? b.device : b.reason);
     }
-    fm_model *m = load_model(ctx, argc, argv, dir, 0, FM_RUN_TRACE);
+    fm_model *m = load_model(ctx, argc, argv, dir, 0, FM_RUN_TRACE, "auto", 0);
     if (!m) goto out;
     const fm_st_tensor *tt = fm_st_get(g, "tokens"), *ts = fm_st_get(g, "decode_tokens");
     long long T = tt ? tt->ne[0] : 0, S = ts ? ts->ne[0] : 0;

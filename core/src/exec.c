@@ -775,6 +775,7 @@ fm_status fm_session_node_stat(const fm_session *s, int i, fm_node_stat *out) {
     if (i < 0 || i >= s->g->n_nodes || !s->sn) return FM_ENOTFOUND;
     const snode *n = &s->sn[i];
     *out = (fm_node_stat){.name = n->pn.name, .op = (fm_op)n->pn.op, .backend = s->ctx->be[n->ran].name,
+                          .backend_index = n->ran,
                           .planned = s->ctx->be[n->planned].name, .time_ns = n->time_ns, .cycles = n->cycles,
                           .fallbacks = n->fallbacks};
     return FM_OK;

@@ -275,9 +275,8 @@ static fm_status build(fm_model *m, msess *q, int T) {
     fm_graph *g = q->g;
     bool cap = m->opt.capture != 0;
     int aq = m->act_quant;
-    float eps = (float)c->rms_norm_eps;
-    /* model.py always uses 1e-6 whatever the config says (tests/data/golden/README.md) */
-    eps = 1e-6f;
+    /* model.py always uses 1e-6 whatever rms_norm_eps says (tests/data/golden/README.md) */
+    const float eps = 1e-6f;
     int64_t ne1[1] = {T};
     q->T = T;
     q->ids = fm_input(g, "tokens", FM_I32, 1, ne1);
@@ -414,8 +413,7 @@ fm_status fm_model_forward(fm_model *m, const int32_t *tokens, int n, int32_t po
     for (int i = 0; i < fm_session_node_count(q->s); i++) {
         fm_node_stat st;
         fm_session_node_stat(q->s, i, &st);
-        int b = fm_backend_find(m->ctx, st.backend);
-        fm_op_time *o = &m->stats[(size_t)st.op * (size_t)m->ctx->n_be + (size_t)b];
+        fm_op_time *o = &m->stats[(size_t)st.op * (size_t)m->ctx->n_be + (size_t)st.backend_index];
         o->time_ns += st.time_ns;
         o->cycles += st.cycles;
         o->nodes++;

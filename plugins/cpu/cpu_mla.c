@@ -184,6 +184,28 @@ static void vdec_task(void *arg, int tid, int nt) {
         cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr);
 }
 
+/* Merges the threads' partial attention: each of nt parts holds, per query row,
+ * its running max (nl floats), its running sum (nl floats), then nr rows of C
+ * unnormalised outputs. O = sum_t exp(m_t - M) O_t / sum_t exp(m_t - M) l_t. */
+static void merge_parts(const mla_job *j, const float *part, size_t part_floats, int64_t nl, int64_t nr, int nt) {
+    cpu_state *s = j->s;
+    for (int64_t r = 0; r < nr; r++) {
+        float M = -INFINITY, L = 0.0f;
+        for (int t = 0; t < nt; t++) M = part[t * part_floats + r] > M ? part[t * part_floats + r] : M;
+        float *o = j->O + r * j->C;
+        memset(o, 0, (size_t)j->C * 4);
+        for (int t = 0; t < nt; t++) {
+            const float *pm = part + t * part_floats, *pl = pm + nl, *pO = pl + nl + r * j->C;
+            if (pm[r] == -INFINITY) continue;
+            float f = expf(pm[r] - M);
+            L += pl[r] * f;
+            s->k->axpy(f, pO, o, j->C);
+        }
+        float inv = 1.0f / L;
+        for (int64_t c = 0; c < j->C; c++) o[c] *= inv;
+    }
+}
+
 static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     cpu_state *s = j->s;
     int nt = cpu_pool_size(s->pool);
@@ -201,21 +223,7 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     v.part = cpu_scratch(s, v.part_floats * (size_t)nt * 4);
     if (!v.part) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
     cpu_pool_run(s->pool, vdec_task, &v);
-    for (int64_t r = 0; r < nr; r++) {
-        float M = -INFINITY, L = 0.0f;
-        for (int t = 0; t < nt; t++) M = v.part[t * v.part_floats + r] > M ? v.part[t * v.part_floats + r] : M;
-        float *o = j->O + r * j->C;
-        memset(o, 0, (size_t)j->C * 4);
-        for (int t = 0; t < nt; t++) {
-            const float *pm = v.part + t * v.part_floats, *pl = pm + v.nl, *pO = pl + v.nl + r * j->C;
-            if (pm[r] == -INFINITY) continue;
-            float f = expf(pm[r] - M);
-            L += pl[r] * f;
-            s->k->axpy(f, pO, o, j->C);
-        }
-        float inv = 1.0f / L;
-        for (int64_t c = 0; c < j->C; c++) o[c] *= inv;
-    }
+    merge_parts(j, v.part, v.part_floats, v.nl, nr, nt);
     return FM_OK;
 }
 
@@ -228,21 +236,7 @@ static fm_status mla_decode(mla_job *j, int64_t nr, int64_t maxn) {
     d.part = cpu_scratch(s, d.part_floats * (size_t)nt * 4);
     if (!d.part) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
     cpu_pool_run(s->pool, dec_task, &d);
-    for (int64_t r = 0; r < nr; r++) {
-        float M = -INFINITY, L = 0.0f;
-        for (int t = 0; t < nt; t++) M = d.part[t * d.part_floats + r] > M ? d.part[t * d.part_floats + r] : M;
-        float *o = j->O + r * j->C;
-        memset(o, 0, (size_t)j->C * 4);
-        for (int t = 0; t < nt; t++) {
-            const float *pm = d.part + t * d.part_floats, *pl = pm + nr, *pO = pl + nr + r * j->C;
-            if (pm[r] == -INFINITY) continue;
-            float f = expf(pm[r] - M);
-            L += pl[r] * f;
-            s->k->axpy(f, pO, o, j->C);
-        }
-        float inv = 1.0f / L;
-        for (int64_t c = 0; c < j->C; c++) o[c] *= inv;
-    }
+    merge_parts(j, d.part, d.part_floats, nr, nr, nt);
     return FM_OK;
 }
 

@@ -85,7 +85,6 @@ static void pack_b_kn(const float *b, int64_t ldb, int64_t n0, int nn, int64_t k
 
 /* ---- f32 micro-kernel ---- */
 
-#define REP14(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13)
 
 static void ukr(int kc, const float *a, const float *b, float *c, int64_t ldc, int mr, int nr, int add) {
     /* C is touched once per KC slice and is usually far away: fetch it now, use it at the end */
@@ -110,37 +109,7 @@ static void ukr(int kc, const float *a, const float *b, float *c, int64_t ldc, i
         a += MR;
         b += NR;
     }
-    if (mr == MR && nr == NR) {
-        if (add) {
-#define ST(i)                                                                              \
-    _mm512_storeu_ps(c + i * ldc, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc), c##i##0));   \
-    _mm512_storeu_ps(c + i * ldc + 16, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc + 16), c##i##1));
-            REP14(ST)
-#undef ST
-        } else {
-#define ST(i)                               \
-    _mm512_storeu_ps(c + i * ldc, c##i##0); \
-    _mm512_storeu_ps(c + i * ldc + 16, c##i##1);
-            REP14(ST)
-#undef ST
-        }
-        return;
-    }
-    __m512 t[MR][2];
-#define ST(i) t[i][0] = c##i##0, t[i][1] = c##i##1;
-    REP14(ST)
-#undef ST
-    __mmask16 k0 = m16(nr), k1 = m16(nr - 16);
-    for (int i = 0; i < mr; i++) {
-        float *ci = c + i * ldc;
-        __m512 v0 = t[i][0], v1 = t[i][1];
-        if (add) {
-            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, ci));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, ci + 16));
-        }
-        _mm512_mask_storeu_ps(ci, k0, v0);
-        _mm512_mask_storeu_ps(ci + 16, k1, v1);
-    }
+    STORE_TILE_14x32(c, ldc, mr, nr, add);
 }
 
 /* ---- few rows: y[t, n] = x[t] . w[n], R weight rows at a time ---- */
@@ -373,23 +342,6 @@ static void add_row(const float *a, const float *b, float *y, int64_t n) {
         __mmask16 m = m16((int)(n - i));
         _mm512_mask_storeu_ps(y + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i)));
     }
-}
-
-/* exp(x) for 16 lanes: n = round(x log2 e), r = x - n ln2 (two parts), a degree-6
- * polynomial (Cephes expf, ~1 ulp), times 2^n by vscalefps (underflows to 0). */
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-104.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
 }
 
 static float expsum(float *x, float sub, int64_t n) {

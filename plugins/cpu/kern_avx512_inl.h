@@ -59,4 +59,56 @@ static inline void tr16(__m512 r[16]) {
     for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
+/* exp(x) for 16 lanes: n = round(x log2 e), r = x - n ln2 (two parts), a degree-6
+ * polynomial (Cephes expf, ~1 ulp), times 2^n by vscalefps (underflows to 0). */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* The 14 x 32 micro-kernels' epilogue: accumulators c<i>0, c<i>1 (i < 14) stored to
+ * c[mr x nr] (ldc floats a row), added to what is there when add. */
+#define REP14(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13)
+#define ST_ADD(i)                                                                          \
+    _mm512_storeu_ps(c + i * ldc, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc), c##i##0));   \
+    _mm512_storeu_ps(c + i * ldc + 16, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc + 16), c##i##1));
+#define ST_SET(i)                           \
+    _mm512_storeu_ps(c + i * ldc, c##i##0); \
+    _mm512_storeu_ps(c + i * ldc + 16, c##i##1);
+#define ST_TMP(i) t[i][0] = c##i##0, t[i][1] = c##i##1;
+#define STORE_TILE_14x32(c, ldc, mr, nr, add)                                       \
+    do {                                                                            \
+        if ((mr) == 14 && (nr) == 32) {                                             \
+            if (add) {                                                              \
+                REP14(ST_ADD)                                                       \
+            } else {                                                                \
+                REP14(ST_SET)                                                       \
+            }                                                                       \
+            break;                                                                  \
+        }                                                                           \
+        __m512 t[14][2];                                                            \
+        REP14(ST_TMP)                                                               \
+        __mmask16 k0 = m16(nr), k1 = m16((nr) - 16);                                \
+        for (int i_ = 0; i_ < (mr); i_++) {                                         \
+            float *ci = (c) + i_ * (ldc);                                           \
+            __m512 v0 = t[i_][0], v1 = t[i_][1];                                    \
+            if (add) {                                                              \
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, ci));              \
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, ci + 16));         \
+            }                                                                       \
+            _mm512_mask_storeu_ps(ci, k0, v0);                                      \
+            _mm512_mask_storeu_ps(ci + 16, k1, v1);                                 \
+        }                                                                           \
+    } while (0)
+
 #endif

@@ -70,7 +70,6 @@ void cpu_pack_b_bf16_avx512bf16(const cpu_wmat *w, int64_t n0, int nn, int64_t k
     }
 }
 
-#define REP14(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13)
 
 void cpu_ukr_bf16_avx512bf16(int kc2, const uint32_t *a, const uint16_t *b, float *c, int64_t ldc, int mr, int nr,
                              int add) {
@@ -90,35 +89,5 @@ void cpu_ukr_bf16_avx512bf16(int kc2, const uint32_t *a, const uint16_t *b, floa
         a += MR;
         b += 2 * NR;
     }
-    if (mr == MR && nr == NR) {
-        if (add) {
-#define ST(i)                                                                              \
-    _mm512_storeu_ps(c + i * ldc, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc), c##i##0));   \
-    _mm512_storeu_ps(c + i * ldc + 16, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc + 16), c##i##1));
-            REP14(ST)
-#undef ST
-        } else {
-#define ST(i)                               \
-    _mm512_storeu_ps(c + i * ldc, c##i##0); \
-    _mm512_storeu_ps(c + i * ldc + 16, c##i##1);
-            REP14(ST)
-#undef ST
-        }
-        return;
-    }
-    __m512 t[MR][2];
-#define ST(i) t[i][0] = c##i##0, t[i][1] = c##i##1;
-    REP14(ST)
-#undef ST
-    __mmask16 k0 = m16(nr), k1 = m16(nr - 16);
-    for (int i = 0; i < mr; i++) {
-        float *ci = c + i * ldc;
-        __m512 v0 = t[i][0], v1 = t[i][1];
-        if (add) {
-            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, ci));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, ci + 16));
-        }
-        _mm512_mask_storeu_ps(ci, k0, v0);
-        _mm512_mask_storeu_ps(ci + 16, k1, v1);
-    }
+    STORE_TILE_14x32(c, ldc, mr, nr, add);
 }

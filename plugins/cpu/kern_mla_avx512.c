@@ -20,21 +20,6 @@
 #define RT 16     /* cache rows per scores tile */
 #define LT 8      /* lanes per P.V tile */
 
-static inline __m512 mla_exp16(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-104.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
-
 /* nearest-even bf16 rounding of finite values, kept as f32 */
 static inline __m512 round_bf16(__m512 x) {
     __m512i u = _mm512_castps_si512(x);
@@ -61,13 +46,13 @@ void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, const int32_t
         __mmask16 live = _mm512_cmp_ps_mask(m1, ninf, _CMP_NEQ_OQ);  /* lanes with a key so far */
         __mmask16 had = _mm512_cmp_ps_mask(m0, ninf, _CMP_NEQ_OQ);   /* ... before this block */
         __m512 cr = _mm512_mask_blend_ps(live, _mm512_set1_ps(1.0f),
-                                         _mm512_maskz_mov_ps(had, mla_exp16(_mm512_sub_ps(m0, m1))));
+                                         _mm512_maskz_mov_ps(had, exp16(_mm512_sub_ps(m0, m1))));
         __m512 sum = _mm512_setzero_ps();
         for (int r = 0; r < kn; r++) {
             float *s = S + (int64_t)r * nl + v * 16;
             __m512 x = _mm512_loadu_ps(s);
             __mmask16 ok = _mm512_mask_cmp_ps_mask(live, x, ninf, _CMP_NEQ_OQ);
-            __m512 p = _mm512_maskz_mov_ps(ok, mla_exp16(_mm512_sub_ps(x, m1)));
+            __m512 p = _mm512_maskz_mov_ps(ok, exp16(_mm512_sub_ps(x, m1)));
             if (rb) p = round_bf16(p);
             _mm512_storeu_ps(s, p);
             sum = _mm512_add_ps(sum, p);

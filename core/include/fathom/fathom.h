@@ -279,6 +279,7 @@ typedef struct fm_node_stat {
     const char *name;      /* node name ("layers.3.moe_experts" or op name) */
     fm_op       op;
     const char *backend;   /* backend that produced the result in the last run */
+    int32_t     backend_index; /* its index (fm_backend_info_get) */
     const char *planned;   /* backend chosen by placement */
     uint64_t    time_ns;   /* wall time of the node in the last run (incl. fallback) */
     uint64_t    cycles;    /* cycles reported by the backend, 0 if none */
