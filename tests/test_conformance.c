@@ -96,10 +96,15 @@ static fm_tensor *weight(cc *c, const char *name, fm_dtype dt, int64_t r, int64_
     return fm_weight(c->g, name, dt, ndim, ne, d, sc);
 }
 
-static fm_tensor *state(cc *c, const char *name, int64_t r, int64_t k) {
-    float *d = keep(c, (size_t)(r * k) * 4);
-    for (int64_t i = 0; i < r * k; i++) d[i] = frand(c);
-    return fm_state(c->g, name, FM_F32, 2, (int64_t[]){r, k}, d);
+/* A state [r, k] of random values, f32 or bf16 (the KV cache's dtypes). */
+static fm_tensor *state(cc *c, const char *name, fm_dtype dt, int64_t r, int64_t k) {
+    void *d = keep(c, (size_t)(r * k) * fm_dtype_size(dt));
+    for (int64_t i = 0; i < r * k; i++) {
+        float v = frand(c);
+        if (dt == FM_BF16) ((uint16_t *)d)[i] = fm_f32_to_bf16(v);
+        else ((float *)d)[i] = v;
+    }
+    return fm_state(c->g, name, dt, 2, (int64_t[]){r, k}, d);
 }
 
 static void out(cc *c, fm_tensor *t, int as_set) {
@@ -194,24 +199,31 @@ static void b_experts(cc *c, const kase *k) {
     out(c, fm_moe_experts(c->g, in_f32(c, "x", T, k->d, 1), it, wt, E, gate, up, down, k->dt == FM_F8_E4M3), 0);
 }
 
-/* a = T, b = L, d = first position */
-static void b_cache(cc *c, const kase *k) {
+/* a = T, b = L, d = first position; the cache in dtype cdt */
+static void cache_case(cc *c, const kase *k, fm_dtype cdt) {
     fm_mla_cache_params p = {.kv_lora = 32, .eps = 1e-6f,
                              .rope = {.head_dim = 8, .rope_dim = 8, .theta = 10000}};
-    fm_tensor *cache = state(c, "cache", k->b, 40);
+    fm_tensor *cache = state(c, "cache", cdt, k->b, 40);
     out(c, fm_mla_cache(c->g, cache, in_f32(c, "kv", k->a, 40, 2), weight(c, "norm", FM_F32, 0, 32, 1),
                         positions(c, k->a, k->d), &p), 0);
 }
 
-/* a = T, b = L, d = kv_lora, e = mode; queries sit at the last T positions */
-static void b_attn(cc *c, const kase *k) {
+static void b_cache(cc *c, const kase *k) { cache_case(c, k, FM_F32); }
+static void b_cache_bf16(cc *c, const kase *k) { cache_case(c, k, FM_BF16); }
+
+/* a = T, b = L, d = kv_lora, e = mode, dt = kv_b's dtype; queries sit at the last T
+ * positions; the cache in dtype cdt */
+static void attn_case(cc *c, const kase *k, fm_dtype cdt) {
     fm_mla_attn_params p = {.n_heads = 4, .nope = 16, .rope = 8, .v = 16, .kv_lora = k->d, .scale = 0.2f,
                             .mode = k->e, .act_quant = k->dt == FM_F8_E4M3};
-    fm_tensor *cache = state(c, "cache", k->b, k->d + 8);
+    fm_tensor *cache = state(c, "cache", cdt, k->b, k->d + 8);
     fm_tensor *q = in_f32(c, "q", k->a, 4 * 24, 1);
     fm_tensor *kvb = weight(c, "kv_b", k->dt, 4 * 32, k->d, 0.3f);
     out(c, fm_mla_attn(c->g, q, cache, positions(c, k->a, k->b - k->a), kvb, &p), 0);
 }
+
+static void b_attn(cc *c, const kase *k) { attn_case(c, k, FM_F32); }
+static void b_attn_bf16(cc *c, const kase *k) { attn_case(c, k, FM_BF16); }
 
 static const kase cases[] = {
     {"embed/f32 T=12", FM_OP_EMBED, 0, b_embed, 12, 64, 0, 0, FM_F32},
@@ -244,6 +256,13 @@ static const kase cases[] = {
     {"mla_attn/naive prefill 6 of 12", FM_OP_MLA_ATTN, 1e-9, b_attn, 6, 12, 32, FM_MLA_NAIVE, FM_F32},
     {"mla_attn/absorb decode ctx 4096", FM_OP_MLA_ATTN, 1e-9, b_attn, 1, 4096, 64, FM_MLA_ABSORB, FM_BF16},
     {"mla_attn/naive fp8 act_quant", FM_OP_MLA_ATTN, 1e-8, b_attn, 3, 20, 128, FM_MLA_NAIVE, FM_F8_E4M3},
+    /* a bf16 cache (DeepSeek's serving form): rows rounded to nearest even on write, widened on read */
+    {"mla_cache/bf16 cache 5 rows at 3..7", FM_OP_MLA_CACHE, 1e-6, b_cache_bf16, 5, 64, 3, 0, FM_F32},
+    {"mla_cache/bf16 cache T=1 row 40", FM_OP_MLA_CACHE, 1e-6, b_cache_bf16, 1, 64, 40, 0, FM_F32},
+    {"mla_attn/absorb bf16 cache prefill 6 of 12", FM_OP_MLA_ATTN, 1e-9, b_attn_bf16, 6, 12, 32, FM_MLA_ABSORB, FM_F32},
+    {"mla_attn/naive bf16 cache prefill 6 of 12", FM_OP_MLA_ATTN, 1e-9, b_attn_bf16, 6, 12, 32, FM_MLA_NAIVE, FM_F32},
+    {"mla_attn/absorb bf16 cache decode ctx 300", FM_OP_MLA_ATTN, 1e-9, b_attn_bf16, 1, 300, 64, FM_MLA_ABSORB, FM_BF16},
+    {"mla_attn/naive bf16 cache decode ctx 300", FM_OP_MLA_ATTN, 1e-9, b_attn_bf16, 1, 300, 64, FM_MLA_NAIVE, FM_BF16},
 };
 #define N_CASES ((int)(sizeof cases / sizeof *cases))
 
@@ -300,6 +319,14 @@ static int run_case(int i, const char *backend, float **res) {
 
 static int cmp_i32(const void *a, const void *b) { return *(const int32_t *)a - *(const int32_t *)b; }
 
+/* A bf16 output (the cache) widened to f32 (exact), for the NMSE below. */
+static float *widen_bf16(const void *res, int64_t n) {
+    float *f = malloc((size_t)n * sizeof *f);
+    ck_assert_ptr_nonnull(f);
+    for (int64_t k = 0; k < n; k++) f[k] = fm_bf16_to_f32(((const uint16_t *)res)[k]);
+    return f;
+}
+
 static void compare(int i, const char *backend, float **want, float **got) {
     cc c; /* rebuilt only to know the outputs' shapes and kinds */
     cc_build(&c, i);
@@ -318,14 +345,22 @@ static void compare(int i, const char *backend, float **want, float **got) {
                               j, (long long)k, b[k], a[k]);
             continue;
         }
+        const float *w = want[j], *gv = got[j];
+        float *wide[2] = {NULL, NULL};
+        if (fm_tensor_dtype(c.out[j]) == FM_BF16) {
+            w = wide[0] = widen_bf16(want[j], n);
+            gv = wide[1] = widen_bf16(got[j], n);
+        }
         double err = 0, norm = 0;
         for (int64_t k = 0; k < n; k++) {
-            ck_assert_msg(isfinite(got[j][k]), "%s on %s: output %d element %lld is %f", cases[i].name, backend, j,
-                          (long long)k, (double)got[j][k]);
-            double d = (double)got[j][k] - want[j][k];
+            ck_assert_msg(isfinite(gv[k]), "%s on %s: output %d element %lld is %f", cases[i].name, backend, j,
+                          (long long)k, (double)gv[k]);
+            double d = (double)gv[k] - w[k];
             err += d * d;
-            norm += (double)want[j][k] * want[j][k];
+            norm += (double)w[k] * w[k];
         }
+        free(wide[0]);
+        free(wide[1]);
         double nmse = norm > 0 ? err / norm : err;
         ck_assert_msg(nmse <= cases[i].nmse, "%s on %s: output %d NMSE %.3g > %.3g", cases[i].name, backend, j, nmse,
                       cases[i].nmse);

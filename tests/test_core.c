@@ -115,6 +115,53 @@ START_TEST(builder_checks_fp8_scales_and_route_params) {
 }
 END_TEST
 
+/* The latent cache flows from mla_cache to mla_attn as f32 or bf16; another dtype is
+ * an error naming the tensor and the dtypes allowed. */
+START_TEST(builder_cache_is_f32_or_bf16) {
+    fm_ctx *ctx = ctx_with_test_plugins();
+    static uint16_t cache16[8 * 40];
+    static float w[32], kvb[4 * 32 * 32];
+    fm_mla_cache_params cp = {.kv_lora = 32, .eps = 1e-6f, .rope = {.head_dim = 8, .rope_dim = 8, .theta = 10000}};
+    fm_mla_attn_params ap = {.n_heads = 4, .nope = 16, .rope = 8, .v = 16, .kv_lora = 32, .scale = 0.2f};
+    for (int bf = 0; bf < 2; bf++) {
+        fm_graph *g;
+        ck_assert_int_eq(fm_graph_init(ctx, &g), FM_OK);
+        fm_tensor *st = fm_state(g, "kv_state", bf ? FM_BF16 : FM_F16, 2, (int64_t[]){8, 40}, cache16);
+        fm_tensor *kv = fm_input(g, "kv", FM_F32, 2, (int64_t[]){2, 40});
+        fm_tensor *pos = fm_input(g, "pos", FM_I32, 1, (int64_t[]){2});
+        fm_tensor *q = fm_input(g, "q", FM_F32, 2, (int64_t[]){2, 4 * 24});
+        fm_tensor *nw = fm_weight(g, "norm", FM_F32, 1, (int64_t[]){32}, w, NULL);
+        fm_tensor *kb = fm_weight(g, "kv_b", FM_F32, 2, (int64_t[]){4 * 32, 32}, kvb, NULL);
+        fm_tensor *c = fm_mla_cache(g, st, kv, nw, pos, &cp);
+        if (!bf) {
+            ck_assert_ptr_null(c);
+            ck_assert_int_eq(fm_graph_status(g), FM_EINVAL);
+            const char *e = fm_ctx_error(ctx);
+            ck_assert_msg(strstr(e, "mla_cache") && strstr(e, "'kv_state'") && strstr(e, "f16") &&
+                              strstr(e, "f32 or bf16"), "message: %s", e);
+            fm_graph_free(g);
+            /* mla_attn checks its cache source too */
+            ck_assert_int_eq(fm_graph_init(ctx, &g), FM_OK);
+            st = fm_state(g, "kv_state", FM_F16, 2, (int64_t[]){8, 40}, cache16);
+            q = fm_input(g, "q", FM_F32, 2, (int64_t[]){2, 4 * 24});
+            pos = fm_input(g, "pos", FM_I32, 1, (int64_t[]){2});
+            kb = fm_weight(g, "kv_b", FM_F32, 2, (int64_t[]){4 * 32, 32}, kvb, NULL);
+            ck_assert_ptr_null(fm_mla_attn(g, q, st, pos, kb, &ap));
+            e = fm_ctx_error(ctx);
+            ck_assert_msg(strstr(e, "mla_attn") && strstr(e, "'kv_state'") && strstr(e, "f32 or bf16"), "message: %s", e);
+            fm_graph_free(g);
+            continue;
+        }
+        ck_assert_ptr_nonnull(c);
+        ck_assert_int_eq(fm_tensor_dtype(c), FM_BF16); /* same storage, same dtype */
+        ck_assert_ptr_nonnull(fm_mla_attn(g, q, c, pos, kb, &ap));
+        ck_assert_int_eq(fm_graph_status(g), FM_OK);
+        fm_graph_free(g);
+    }
+    fm_ctx_free(ctx);
+}
+END_TEST
+
 /* A small graph touching several ops: y = swiglu(x W1^T, x W2^T) W3^T + x. */
 typedef struct mlp {
     fm_graph *g;
@@ -352,6 +399,7 @@ int main(void) {
     tcase_add_test(tc, loader_refuses_broken_plugins_with_reason);
     tcase_add_test(tc, builder_mismatch_names_op_and_shapes);
     tcase_add_test(tc, builder_checks_fp8_scales_and_route_params);
+    tcase_add_test(tc, builder_cache_is_f32_or_bf16);
     tcase_add_test(tc, placement_follows_priority_and_overrides);
     tcase_add_test(tc, stub_faults_fall_back_to_identical_results);
     tcase_add_test(tc, private_memory_backend_gets_copies);

@@ -1,6 +1,7 @@
 /* test_model.c - the DeepSeek-V3/V2 model against DeepSeek's reference outputs
- * (tests/data/golden), chunked prefill, naive vs absorbed attention, the FP8
- * kernels alone, re-placement, and bad checkpoints. */
+ * (tests/data/golden), with an f32 or a bf16 KV cache, chunked prefill, naive vs
+ * absorbed attention, the FP8 kernels alone, re-placement, and bad checkpoints
+ * and options. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -82,6 +83,72 @@ START_TEST(bf16_weights_match_the_same_golden) {
 }
 END_TEST
 
+/* A bf16 latent cache (DeepSeek's serving form) against the goldens, made with an f32
+ * cache, at FM_GOLDEN_TOL_BF16_CACHE; naive prefill and absorbed decode. The FP8 case
+ * compares its dequant.* outputs: with FP8 activation quantization the cache's
+ * rounding moves e4m3 steps and no elementwise tolerance holds (golden.h). */
+START_TEST(golden_case_with_bf16_cache_on_ref) {
+    const char *c = cases[_i];
+    bool fp8 = !strcmp(c, "tiny-fp8");
+    char dir[512];
+    case_dir(dir, sizeof dir, c);
+    fm_model_options o = {.attn = FM_ATTN_AUTO, .act_quant = fp8 ? 0 : -1, .capture = 1, .backends = "ref",
+                          .cache_dtype = FM_BF16};
+    fm_model *m = NULL;
+    ck_assert_msg(fm_model_load(ctx, dir, &o, &m) == FM_OK, "load %s: %s", dir, fm_ctx_error(ctx));
+    ck_assert_int_eq(fm_model_cache_dtype(m), FM_BF16);
+    ck_assert_int_eq(fm_model_kv_bytes_per_token(m, 0), fm_model_kv_bytes_per_token(m, 1));
+    fm_st *g = golden(dir);
+    fm_golden_run r = {.intermediates = true, .prefix = fp8 ? "dequant." : "", .atol_logits = 1e-4, .atol = 1e-4,
+                       .rtol = 1e-4};
+    fm_golden_cache_tolerance(FM_BF16, &r);
+    ck_assert(r.atol_logits == FM_GOLDEN_TOL_BF16_CACHE && r.atol == FM_GOLDEN_TOL_BF16_CACHE &&
+              r.rtol == FM_GOLDEN_TOL_BF16_CACHE);
+    ck_assert_msg(fm_golden_run_model(ctx, m, g, &r) == FM_OK, "%s: %s", c, fm_ctx_error(ctx));
+    for (int f = 0; f < FM_GF_COUNT; f++) {
+        const fm_golden_family *fa = &r.fam[f];
+        ck_assert_msg(fa->bad == 0, "%s, bf16 cache: %s: %lld outside, max err %g at %s", c, fa->name,
+                      (long long)fa->bad, fa->max_err, fa->worst);
+        ck_assert_msg(fa->compared > 0, "%s: %s: nothing compared", c, fa->name);
+    }
+    ck_assert_int_eq(r.missing, 0);
+    /* the cache really is bf16: read back bf16-exact, and off the f32 golden by more than f32 noise */
+    ck_assert_msg(r.fam[FM_GF_KV].max_err > 1e-4 && r.fam[FM_GF_LOGITS].max_err > 1e-4, "%s: kv %g, logits %g", c,
+                  r.fam[FM_GF_KV].max_err, r.fam[FM_GF_LOGITS].max_err);
+    const fm_st_tensor *kv0 = fm_st_get(g, fp8 ? "dequant.prefill.layers.0.kv_cache" : "prefill.layers.0.kv_cache");
+    ck_assert_ptr_nonnull(kv0);
+    int64_t n = kv0->ne[1] * (r.T + r.S); /* every position written */
+    float *buf = malloc((size_t)n * sizeof *buf);
+    ck_assert_int_eq(fm_model_read(m, "layers.0.kv_cache", buf, n), FM_OK);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(buf[i] == fm_bf16_to_f32(fm_f32_to_bf16(buf[i])), "%s: kv_cache[%lld] = %a is not bf16", c,
+                      (long long)i, (double)buf[i]);
+    free(buf);
+    fm_st_close(g);
+    fm_model_free(m);
+}
+END_TEST
+
+START_TEST(bad_cache_dtype_is_named) {
+    char dir[512];
+    case_dir(dir, sizeof dir, "tiny-v3");
+    static const int bad[] = {FM_F16, FM_F8_E4M3, FM_I32, 99, -1};
+    for (int i = 0; i < 5; i++) {
+        fm_model_options o = {.act_quant = -1, .cache_dtype = bad[i]};
+        fm_model *m = NULL;
+        ck_assert_int_eq(fm_model_load(ctx, dir, &o, &m), FM_EINVAL);
+        ck_assert_ptr_null(m);
+        ck_assert_msg(strstr(fm_ctx_error(ctx), "cache_dtype"), "%s", fm_ctx_error(ctx));
+    }
+    fm_model_options o = {.act_quant = -1, .backends = "ref"};
+    fm_model *m = NULL;
+    ck_assert_int_eq(fm_model_load(ctx, dir, &o, &m), FM_OK); /* zeroed options: f32 */
+    ck_assert_int_eq(fm_model_cache_dtype(m), FM_F32);
+    ck_assert_int_eq(fm_model_kv_bytes_per_token(m, 0), 2 * fm_model_kv_bytes_per_token(m, 1));
+    fm_model_free(m);
+}
+END_TEST
+
 static float *forward_all(fm_model *m, const int32_t *tok, int n, int chunk) {
     int V = fm_model_vocab(m);
     float *out = malloc((size_t)n * (size_t)V * 4);
@@ -99,10 +166,13 @@ static double max_diff(const float *a, const float *b, size_t n) {
     return d;
 }
 
+/* _i = 0: f32 cache; 1: bf16 cache (rows rounded on write either way) */
 START_TEST(chunked_prefill_equals_one_prefill) {
     char dir[512];
     case_dir(dir, sizeof dir, "tiny-yarn");
-    fm_model *m = load(dir, NULL, FM_ATTN_AUTO, "ref");
+    fm_model_options o = {.attn = FM_ATTN_AUTO, .act_quant = -1, .backends = "ref", .cache_dtype = _i ? FM_BF16 : FM_F32};
+    fm_model *m = NULL;
+    ck_assert_msg(fm_model_load(ctx, dir, &o, &m) == FM_OK, "%s", fm_ctx_error(ctx));
     int V = fm_model_vocab(m), n = 40;
     int32_t tok[40];
     for (int i = 0; i < n; i++) tok[i] = (i * 37 + 5) % V;
@@ -342,7 +412,9 @@ int main(void) {
     tcase_add_loop_test(tc, golden_case_matches_reference_on_ref, 0, 4);
     tcase_add_loop_test(tc, golden_case_matches_reference_on_default_backends, 0, 4);
     tcase_add_loop_test(tc, bf16_weights_match_the_same_golden, 0, 3);
-    tcase_add_test(tc, chunked_prefill_equals_one_prefill);
+    tcase_add_loop_test(tc, golden_case_with_bf16_cache_on_ref, 0, 4);
+    tcase_add_test(tc, bad_cache_dtype_is_named);
+    tcase_add_loop_test(tc, chunked_prefill_equals_one_prefill, 0, 2);
     tcase_add_loop_test(tc, naive_attention_equals_absorbed, 0, 4);
     tcase_add_test(tc, fp8_units_match_reference_kernels);
     tcase_add_test(tc, replacement_between_runs_keeps_results);

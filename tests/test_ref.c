@@ -867,6 +867,47 @@ START_TEST(test_mla_cache_position_past_cache_is_einval) {
 }
 END_TEST
 
+/* A bf16 cache: the row is computed in f32 as for an f32 cache, then rounded to
+ * nearest even; other rows keep their bits. At position 0 rope rotates by angle 0
+ * (cos 1, sin 0), so k_pe is stored as given: hand-checked ties and near-ties. */
+START_TEST(test_mla_cache_bf16_rounds_row_to_nearest_even) {
+    enum { L = 8, C = 16, R = 8, D = C + R, T = 2 };
+    rng_seed(17);
+    float f32c[L * D], kv[T * D], w[C];
+    uint16_t bfc[L * D], before[L * D];
+    int32_t pos[T] = {0, 5};
+    for (int i = 0; i < L * D; i++) bfc[i] = fm_f32_to_bf16(frand(1.0f));
+    memcpy(before, bfc, sizeof bfc);
+    fill(kv, T * D, 2.0f);
+    for (int i = 0; i < C; i++) w[i] = 1.0f + frand(0.3f);
+    const float pe[R] = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, nextafterf(1.0f + 0x1p-8f, 2.0f), -(1.0f + 0x1p-8f),
+                         nextafterf(1.0f + 3 * 0x1p-8f, 0.0f), 0.0f, -0.0f, 3.0f};
+    const uint16_t pe_bits[R] = {0x3f80, 0x3f82, 0x3f81, 0xbf80, 0x3f81, 0x0000, 0x8000, 0x4040};
+    memcpy(kv + C, pe, sizeof pe); /* row t = 0, position 0 */
+    fm_mla_cache_params p = {.kv_lora = C, .eps = 1e-6f,
+                             .rope = {.head_dim = R, .rope_off = 0, .rope_dim = R, .theta = 10000.0f, .yarn_factor = 1.0f}};
+    fm_pl_tensor bs = tens(FM_BF16, 2, L, D, bfc, "cache"), fs = tens(FM_F32, 2, L, D, f32c, "cache"),
+                 ks = tens(FM_F32, 2, T, D, kv, "kv"), ws = tens(FM_F32, 1, C, 0, w, "norm"),
+                 ps = tens(FM_I32, 1, T, 0, pos, "pos");
+    bs.flags = fs.flags = FM_PL_STATE;
+    const fm_pl_tensor *src[] = {&bs, &ks, &ws, &ps}, *dst[] = {&bs};
+    ck_assert(fm_ref_supports(&(fm_pl_node){.op = FM_OP_MLA_CACHE, .n_src = 4, .n_dst = 1, .src = src, .dst = dst,
+                                           .params = &p, .name = "node"}));
+    ck_assert_int_eq(run_node(FM_OP_MLA_CACHE, &p, 4, src, 1, dst), FM_OK);
+    const fm_pl_tensor *fsrc[] = {&fs, &ks, &ws, &ps}, *fdst[] = {&fs};
+    ck_assert_int_eq(run_node(FM_OP_MLA_CACHE, &p, 4, fsrc, 1, fdst), FM_OK);
+    for (int i = 0; i < R; i++)
+        ck_assert_msg(bfc[C + i] == pe_bits[i], "k_pe[%d] %a stored 0x%04x, want 0x%04x", i, (double)pe[i],
+                      bfc[C + i], pe_bits[i]);
+    for (int l = 0; l < L; l++)
+        for (int i = 0; i < D; i++) {
+            int written = l == pos[0] || l == pos[1];
+            uint16_t want = written ? fm_f32_to_bf16(f32c[l * D + i]) : before[l * D + i];
+            ck_assert_msg(bfc[l * D + i] == want, "row %d [%d]: 0x%04x, want 0x%04x", l, i, bfc[l * D + i], want);
+        }
+}
+END_TEST
+
 typedef struct mla_case {
     int T, L, H, nope, rope, v, C;
     float *q, *cache, *kvb, *out;
@@ -900,15 +941,21 @@ static void mla_free(mla_case *m) {
     free(m->pos);
 }
 
-static fm_status mla_run(mla_case *m, const fm_pl_tensor *kvb, int mode, int act_quant) {
+/* cache: NULL for m->cache as F32. */
+static fm_status mla_run_cache(mla_case *m, const fm_pl_tensor *cache, const fm_pl_tensor *kvb, int mode,
+                               int act_quant) {
     fm_mla_attn_params p = {.n_heads = m->H, .nope = m->nope, .rope = m->rope, .v = m->v, .kv_lora = m->C,
                             .scale = 1.0f / sqrtf((float)(m->nope + m->rope)), .mode = mode, .act_quant = act_quant};
     fm_pl_tensor qs = tens(FM_F32, 2, m->T, m->H * (m->nope + m->rope), m->q, "q"),
                  cs = tens(FM_F32, 2, m->L, m->C + m->rope, m->cache, "cache"),
                  ps = tens(FM_I32, 1, m->T, 0, m->pos, "pos"), os = tens(FM_F32, 2, m->T, m->H * m->v, m->out, "out");
     fm_pl_tensor ks = tens(FM_F32, 2, m->H * (m->nope + m->v), m->C, m->kvb, "kv_b");
-    const fm_pl_tensor *src[] = {&qs, &cs, &ps, kvb ? kvb : &ks}, *dst[] = {&os};
+    const fm_pl_tensor *src[] = {&qs, cache ? cache : &cs, &ps, kvb ? kvb : &ks}, *dst[] = {&os};
     return run_node(FM_OP_MLA_ATTN, &p, 4, src, 1, dst);
+}
+
+static fm_status mla_run(mla_case *m, const fm_pl_tensor *kvb, int mode, int act_quant) {
+    return mla_run_cache(m, NULL, kvb, mode, act_quant);
 }
 
 /* Attention in double from k_nope / v given per cache row and head: kv [L][H][nope+v]. */
@@ -1045,6 +1092,41 @@ START_TEST(test_mla_fp8_naive_quantizes_latent_rows) {
 }
 END_TEST
 
+/* A bf16 cache is read widened to f32 exactly: attention over it equals attention
+ * over an f32 cache holding the same bf16-rounded values, bit for bit, in both
+ * forms, for decode and for a prefill chunk at nonzero positions. */
+static void check_bf16_cache_equals_rounded_f32(int T, int L, const int32_t *pos, uint64_t seed) {
+    mla_case m;
+    mla_init(&m, T, L, 32, seed);
+    memcpy(m.pos, pos, sizeof(int32_t) * (size_t)T);
+    int D = m.C + m.rope, n = T * m.H * m.v;
+    uint16_t *bf = xcalloc((size_t)L * D, sizeof *bf);
+    for (int i = 0; i < L * D; i++) {
+        bf[i] = fm_f32_to_bf16(m.cache[i]);
+        m.cache[i] = fm_bf16_to_f32(bf[i]);
+    }
+    fm_pl_tensor bs = tens(FM_BF16, 2, L, D, bf, "cache");
+    float *want = xcalloc((size_t)n, sizeof(float));
+    for (int mode = FM_MLA_ABSORB; mode <= FM_MLA_NAIVE; mode++) {
+        ck_assert_int_eq(mla_run(&m, NULL, mode, 0), FM_OK);
+        memcpy(want, m.out, sizeof(float) * (size_t)n);
+        memset(m.out, 0, sizeof(float) * (size_t)n);
+        ck_assert_int_eq(mla_run_cache(&m, &bs, NULL, mode, 0), FM_OK);
+        ck_assert_msg(memcmp(want, m.out, sizeof(float) * (size_t)n) == 0, "mode %d, T %d: bf16 cache differs", mode, T);
+    }
+    free(bf);
+    free(want);
+    mla_free(&m);
+}
+
+START_TEST(test_mla_attn_bf16_cache_equals_f32_cache_of_rounded_values) {
+    int32_t dec[1] = {37};
+    check_bf16_cache_equals_rounded_f32(1, 64, dec, 21);
+    int32_t pre[5] = {9, 10, 11, 12, 13};
+    check_bf16_cache_equals_rounded_f32(5, 16, pre, 22);
+}
+END_TEST
+
 START_TEST(test_mla_attn_position_past_cache_is_einval) {
     mla_case m;
     mla_init(&m, 2, 16, 32, 16);
@@ -1053,6 +1135,33 @@ START_TEST(test_mla_attn_position_past_cache_is_einval) {
     ck_assert_int_eq(mla_run(&m, NULL, FM_MLA_ABSORB, 0), FM_EINVAL);
     ck_assert_msg(strstr(err_buf, "mla_attn 'node': position 16 past the cache size 16"), "%s", err_buf);
     ck_assert_int_eq(mla_run(&m, NULL, FM_MLA_NAIVE, 0), FM_EINVAL);
+    mla_free(&m);
+}
+END_TEST
+
+/* The cache may be f32 or bf16; an f16 one is refused, naming the tensor. */
+START_TEST(test_cache_dtype_other_than_f32_bf16_is_refused) {
+    enum { L = 4, C = 8, R = 4, D = C + R };
+    uint16_t cache[L * D] = {0};
+    float kv[D] = {1}, w[C] = {1};
+    int32_t pos[1] = {0};
+    fm_mla_cache_params p = {.kv_lora = C, .eps = 1e-6f,
+                             .rope = {.head_dim = R, .rope_off = 0, .rope_dim = R, .theta = 10000.0f, .yarn_factor = 1.0f}};
+    fm_pl_tensor cs = tens(FM_F16, 2, L, D, cache, "kv_state"), ks = tens(FM_F32, 2, 1, D, kv, "kv"),
+                 ws = tens(FM_F32, 1, C, 0, w, "norm"), ps = tens(FM_I32, 1, 1, 0, pos, "pos");
+    const fm_pl_tensor *src[] = {&cs, &ks, &ws, &ps}, *dst[] = {&cs};
+    ck_assert_int_eq(run_node(FM_OP_MLA_CACHE, &p, 4, src, 1, dst), FM_EINVAL);
+    ck_assert_msg(strstr(err_buf, "'kv_state'") && strstr(err_buf, "f16") && strstr(err_buf, "f32 or bf16"), "%s",
+                  err_buf);
+    cs.dtype = FM_BF16;
+    ck_assert_int_eq(run_node(FM_OP_MLA_CACHE, &p, 4, src, 1, dst), FM_OK);
+
+    mla_case m;
+    mla_init(&m, 1, 4, 32, 23);
+    fm_pl_tensor bad = tens(FM_F16, 2, m.L, m.C + m.rope, m.cache, "kv_state");
+    ck_assert_int_eq(mla_run_cache(&m, &bad, NULL, FM_MLA_ABSORB, 0), FM_EINVAL);
+    ck_assert_msg(strstr(err_buf, "mla_attn 'node'") && strstr(err_buf, "'kv_state'") && strstr(err_buf, "f32 or bf16"),
+                  "%s", err_buf);
     mla_free(&m);
 }
 END_TEST
@@ -1136,6 +1245,9 @@ static Suite *ref_suite(void) {
     tcase_add_test(tc, test_mla_naive_equals_absorb_long_context);
     tcase_add_test(tc, test_mla_fp8_naive_quantizes_latent_rows);
     tcase_add_test(tc, test_mla_attn_position_past_cache_is_einval);
+    tcase_add_test(tc, test_mla_cache_bf16_rounds_row_to_nearest_even);
+    tcase_add_test(tc, test_mla_attn_bf16_cache_equals_f32_cache_of_rounded_values);
+    tcase_add_test(tc, test_cache_dtype_other_than_f32_bf16_is_refused);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     return s;

@@ -199,3 +199,10 @@ void fm_golden_defaults(const fm_st *g, fm_golden_run *r) {
     double tol = gemm && !strcmp(gemm, "fp8") ? 1e-3 : 1e-4;
     r->atol_logits = r->atol = r->rtol = tol;
 }
+
+void fm_golden_cache_tolerance(fm_dtype cache, fm_golden_run *r) {
+    if (cache != FM_BF16) return;
+    r->atol_logits = fmax(r->atol_logits, FM_GOLDEN_TOL_BF16_CACHE);
+    r->atol = fmax(r->atol, FM_GOLDEN_TOL_BF16_CACHE);
+    r->rtol = fmax(r->rtol, FM_GOLDEN_TOL_BF16_CACHE);
+}

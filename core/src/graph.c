@@ -147,6 +147,8 @@ static bool check_srcs(fm_graph *g, const char *op, fm_tensor *const *src, int n
 static bool is_float(fm_dtype t) { return t == FM_F32 || t == FM_BF16 || t == FM_F16 || t == FM_F8_E4M3; }
 static bool is_mat(const fm_tensor *t, fm_dtype dt) { return t->ndim == 2 && t->dtype == dt; }
 static bool is_vec(const fm_tensor *t, fm_dtype dt, int64_t n) { return t->ndim == 1 && t->dtype == dt && t->ne[0] == n; }
+/* The latent KV cache (mla_cache's state, mla_attn's source): f32, or bf16 as DeepSeek serves it. */
+static bool is_cache_dtype(fm_dtype t) { return t == FM_F32 || t == FM_BF16; }
 
 fm_tensor *fm_embed(fm_graph *g, fm_tensor *table, fm_tensor *ids) {
     fm_tensor *s[] = {table, ids};
@@ -305,17 +307,19 @@ fm_tensor *fm_mla_cache(fm_graph *g, fm_tensor *cache, fm_tensor *kv, fm_tensor 
     int64_t C = (int64_t)p->kv_lora + p->rope.rope_dim;
     if (st->kind != FM_T_STATE)
         return gerr(g, FM_EINVAL, "mla_cache: cache %s must be a state tensor (fm_state)", SHAPE(cache));
-    if (!is_mat(cache, FM_F32) || cache->ne[1] != C || !is_mat(kv, FM_F32) || kv->ne[1] != C ||
+    if (!is_cache_dtype(cache->dtype))
+        return gerr(g, FM_EINVAL, "mla_cache: cache %s must be f32 or bf16", SHAPE(cache));
+    if (cache->ndim != 2 || cache->ne[1] != C || !is_mat(kv, FM_F32) || kv->ne[1] != C ||
         norm_w->ndim != 1 || norm_w->ne[0] != p->kv_lora || !is_float(norm_w->dtype) ||
         norm_w->dtype == FM_F8_E4M3 || !is_vec(pos, FM_I32, kv->ne[0]) || p->kv_lora <= 0)
         return gerr(g, FM_EINVAL,
-                    "mla_cache: expected cache [L, %lld] f32, kv [T, %lld] f32, norm [%d], pos [T] i32; got %s, %s, %s, %s",
+                    "mla_cache: expected cache [L, %lld] f32/bf16, kv [T, %lld] f32, norm [%d], pos [T] i32; got %s, %s, %s, %s",
                     (long long)C, (long long)C, p->kv_lora, SHAPE(cache), SHAPE(kv), SHAPE(norm_w), SHAPE(pos));
     if (!rope_ok(g, "mla_cache", &p->rope, p->rope.rope_dim) || p->rope.rope_off != 0 ||
         p->rope.head_dim != p->rope.rope_dim)
         return gerr(g, FM_EINVAL, "mla_cache: rope must cover the whole k_pe slice (head_dim == rope_dim, rope_off 0)");
     if (!(p->eps > 0)) return gerr(g, FM_EINVAL, "mla_cache: eps %g, expected > 0", (double)p->eps);
-    fm_tensor *out = new_node(g, FM_OP_MLA_CACHE, s, 4, p, sizeof *p, FM_F32, 2, cache->ne);
+    fm_tensor *out = new_node(g, FM_OP_MLA_CACHE, s, 4, p, sizeof *p, cache->dtype, 2, cache->ne);
     if (out) out->alias = st->id;
     return out;
 }
@@ -329,11 +333,13 @@ fm_tensor *fm_mla_attn(fm_graph *g, fm_tensor *q, fm_tensor *cache, fm_tensor *p
         return gerr(g, FM_EINVAL, "mla_attn: bad params: heads %d, nope %d, rope %d, v %d, kv_lora %d, scale %g, mode %d",
                     p->n_heads, p->nope, p->rope, p->v, p->kv_lora, (double)p->scale, p->mode);
     int64_t H = p->n_heads;
-    if (!is_mat(q, FM_F32) || q->ne[1] != H * (p->nope + p->rope) || !is_mat(cache, FM_F32) ||
+    if (!is_cache_dtype(cache->dtype))
+        return gerr(g, FM_EINVAL, "mla_attn: cache %s must be f32 or bf16", SHAPE(cache));
+    if (!is_mat(q, FM_F32) || q->ne[1] != H * (p->nope + p->rope) || cache->ndim != 2 ||
         cache->ne[1] != p->kv_lora + p->rope || !is_vec(pos, FM_I32, q->ne[0]) || kv_b->ndim != 2 ||
         !is_float(kv_b->dtype) || kv_b->ne[0] != H * (p->nope + p->v) || kv_b->ne[1] != p->kv_lora)
         return gerr(g, FM_EINVAL,
-                    "mla_attn: expected q [T, %lld] f32, cache [L, %d] f32, pos [T] i32, kv_b [%lld, %d]; got %s, %s, %s, %s",
+                    "mla_attn: expected q [T, %lld] f32, cache [L, %d] f32/bf16, pos [T] i32, kv_b [%lld, %d]; got %s, %s, %s, %s",
                     (long long)(H * (p->nope + p->rope)), p->kv_lora + p->rope, (long long)(H * (p->nope + p->v)),
                     p->kv_lora, SHAPE(q), SHAPE(cache), SHAPE(pos), SHAPE(kv_b));
     fm_mla_attn_params pp = *p;

@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "internal.h"
+#include "ref.h"
 #include "safetensors.h"
 
 #define N_SESS 2 /* graphs kept: the last prefill length and decode (T = 1) */
@@ -29,7 +30,8 @@ struct fm_model {
     char backends[256], place[512];
     int act_quant;
     int32_t max_seq;
-    float **cache;          /* per layer [max_seq, kv_lora + rope] */
+    fm_dtype cache_dtype;   /* FM_F32 or FM_BF16 */
+    void **cache;           /* per layer [max_seq, kv_lora + rope] of cache_dtype */
     int32_t filled;         /* positions written so far (max over forwards) */
     msess sess[N_SESS];
     int last;               /* index of the session of the last forward */
@@ -145,6 +147,13 @@ fm_status fm_model_load(fm_ctx *ctx, const char *dir, const fm_model_options *op
     if (!m) return fm_err(ctx, FM_ENOMEM, "model: out of memory");
     m->ctx = ctx;
     m->opt = opt ? *opt : (fm_model_options){.act_quant = -1};
+    if (m->opt.cache_dtype != FM_F32 && m->opt.cache_dtype != FM_BF16) {
+        int dt = m->opt.cache_dtype;
+        free(m);
+        return fm_err(ctx, FM_EINVAL, "model: cache_dtype %d (%s): the KV cache must be FM_F32 (f32) or FM_BF16 (bf16)",
+                      dt, fm_dtype_name((fm_dtype)dt));
+    }
+    m->cache_dtype = (fm_dtype)m->opt.cache_dtype;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     snprintf(m->backends, sizeof m->backends, "%s", m->opt.backends ? m->opt.backends : "");
     snprintf(m->place, sizeof m->place, "%s", m->opt.place ? m->opt.place : "");
@@ -180,7 +189,7 @@ fm_status fm_model_load(fm_ctx *ctx, const char *dir, const fm_model_options *op
         return fm_err(ctx, FM_ENOMEM, "model: out of memory");
     }
     for (int l = 0; l < c->num_hidden_layers; l++)
-        if (!(m->cache[l] = fm_alloc(ctx, (size_t)(m->max_seq * row) * sizeof(float)))) {
+        if (!(m->cache[l] = fm_alloc(ctx, (size_t)(m->max_seq * row) * fm_dtype_size(m->cache_dtype)))) {
             fm_model_free(m);
             return fm_err(ctx, FM_ENOMEM, "model: cannot allocate the KV cache (%lld tokens)", (long long)m->max_seq);
         }
@@ -313,7 +322,7 @@ static fm_status build(fm_model *m, msess *q, int T) {
         fm_tensor *kv = fm_matmul(g, x, W(g, m, "%s.self_attn.kv_a_proj_with_mqa.weight", p), aq);
         char cn[64];
         snprintf(cn, sizeof cn, "layers.%d.kv_state", l);
-        fm_tensor *cache = fm_state(g, cn, FM_F32, 2, crow, m->cache[l]);
+        fm_tensor *cache = fm_state(g, cn, m->cache_dtype, 2, crow, m->cache[l]);
         cache = named(g, fm_mla_cache(g, cache, kv, W(g, m, "%s.self_attn.kv_a_layernorm.weight", p), q->pos, &cp),
                       false, "layers.%d.mla_cache", l);
         fm_tensor *a = fm_mla_attn(g, qv, cache, q->pos, W(g, m, "%s.self_attn.kv_b_proj.weight", p), &ap);
@@ -433,7 +442,15 @@ fm_status fm_model_read(fm_model *m, const char *name, void *dst, int64_t count)
         if (count != m->filled * w)
             return fm_err(m->ctx, FM_EINVAL, "model: '%s' holds %lld values, %lld asked", name,
                           (long long)(m->filled * w), (long long)count);
-        for (int64_t t = 0; t < m->filled; t++) memcpy((float *)dst + t * w, m->cache[l] + t * row + off, (size_t)w * 4);
+        /* the cache's rows as f32: a bf16 cache widened exactly */
+        const fm_pl_tensor ct = {.dtype = m->cache_dtype, .ndim = 2, .ne = {m->max_seq, row}, .data = m->cache[l]};
+        float *buf = malloc((size_t)row * sizeof *buf);
+        if (!buf) return fm_err(m->ctx, FM_ENOMEM, "model: out of memory");
+        for (int64_t t = 0; t < m->filled; t++) {
+            fm_weight_row_f32(&ct, t, buf);
+            memcpy((float *)dst + t * w, buf + off, (size_t)w * sizeof *buf);
+        }
+        free(buf);
         return FM_OK;
     }
     msess *q = &m->sess[m->last];
@@ -456,8 +473,10 @@ int32_t fm_model_max_seq(const fm_model *m) { return m->max_seq; }
 const char *fm_model_describe(const fm_model *m) { return m->desc; }
 
 int64_t fm_model_kv_bytes_per_token(const fm_model *m, int bf16) {
-    return fm_config_kv_bytes_per_token(&m->cfg, bf16 ? 2 : 4);
+    return fm_config_kv_bytes_per_token(&m->cfg, bf16 ? fm_dtype_size(FM_BF16) : fm_dtype_size(m->cache_dtype));
 }
+
+fm_dtype fm_model_cache_dtype(const fm_model *m) { return m->cache_dtype; }
 
 fm_op_time fm_model_op_time(const fm_model *m, fm_op op, int backend) {
     if ((unsigned)op >= FM_OP_COUNT || backend < 0 || backend >= m->ctx->n_be) return (fm_op_time){0};

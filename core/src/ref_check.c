@@ -31,6 +31,8 @@ static fm_status bad(const fm_pl_node *node, char *err, size_t errsz, const char
 static int64_t ceil128(int64_t n) { return (n + 127) / 128; }
 
 static int is_float(int32_t dt) { return dt == FM_F32 || dt == FM_BF16 || dt == FM_F16 || dt == FM_F8_E4M3; }
+/* The latent KV cache: f32, or bf16 (rows stored rounded to nearest even, read widened). */
+static int is_cache(int32_t dt) { return dt == FM_F32 || dt == FM_BF16; }
 
 /* A weight the kernels can decode row by row: a float dtype, and for F8_E4M3 an
  * F32 scale grid of one entry per 128x128 block. */
@@ -159,7 +161,9 @@ static fm_status check_op(const fm_pl_node *node, int need_data, char *err, size
     case FM_OP_MLA_CACHE: {
         const fm_mla_cache_params *p = node->params;
         int64_t D = fm_pl_cols(s[0]);
-        REQUIRE(s[0]->dtype == FM_F32 && s[1]->dtype == FM_F32, "cache and kv must be f32");
+        REQUIRE(is_cache(s[0]->dtype), "cache '%s' has dtype %s, expected f32 or bf16", s[0]->name,
+                fm_dtype_name((fm_dtype)s[0]->dtype));
+        REQUIRE(s[1]->dtype == FM_F32, "kv '%s' must be f32", s[1]->name);
         REQUIRE(p->kv_lora > 0 && p->kv_lora < D, "kv_lora %d must be inside the cache row of %lld", p->kv_lora,
                 (long long)D);
         REQUIRE(fm_pl_cols(s[1]) == D, "kv '%s' rows of %lld, cache rows of %lld", s[1]->name,
@@ -168,7 +172,7 @@ static fm_status check_op(const fm_pl_node *node, int need_data, char *err, size
         REQUIRE(fm_pl_nelem(s[2]) == p->kv_lora, "norm weight '%s' must be [%d]", s[2]->name, p->kv_lora);
         REQUIRE(s[3]->dtype == FM_I32 && fm_pl_nelem(s[3]) == fm_pl_rows(s[1]), "pos '%s' must be i32 [%lld]",
                 s[3]->name, (long long)fm_pl_rows(s[1]));
-        REQUIRE(d0->dtype == FM_F32 && fm_pl_nelem(d0) == fm_pl_nelem(s[0]), "output '%s' must be the cache",
+        REQUIRE(d0->dtype == s[0]->dtype && fm_pl_nelem(d0) == fm_pl_nelem(s[0]), "output '%s' must be the cache",
                 d0->name);
         return check_rope(node, &p->rope, D - p->kv_lora, err, errsz);
     }
@@ -181,8 +185,10 @@ static fm_status check_op(const fm_pl_node *node, int need_data, char *err, size
         REQUIRE(p->mode == FM_MLA_ABSORB || p->mode == FM_MLA_NAIVE, "unknown mode %d", p->mode);
         REQUIRE(s[0]->dtype == FM_F32 && fm_pl_cols(s[0]) == H * (p->nope + p->rope), "q '%s' must be f32 [T, %lld]",
                 s[0]->name, (long long)(H * (p->nope + p->rope)));
-        REQUIRE(s[1]->dtype == FM_F32 && fm_pl_cols(s[1]) == (int64_t)p->kv_lora + p->rope,
-                "cache '%s' must be f32 [L, %d]", s[1]->name, p->kv_lora + p->rope);
+        REQUIRE(is_cache(s[1]->dtype), "cache '%s' has dtype %s, expected f32 or bf16", s[1]->name,
+                fm_dtype_name((fm_dtype)s[1]->dtype));
+        REQUIRE(fm_pl_cols(s[1]) == (int64_t)p->kv_lora + p->rope, "cache '%s' must be [L, %d]", s[1]->name,
+                p->kv_lora + p->rope);
         REQUIRE(s[2]->dtype == FM_I32 && fm_pl_nelem(s[2]) == T, "pos '%s' must be i32 [%lld]", s[2]->name,
                 (long long)T);
         CHECK_WEIGHT(s[3], "kv_b");

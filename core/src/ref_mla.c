@@ -1,5 +1,7 @@
 /* ref_mla.c - Multi-head Latent Attention: the latent KV-cache append and the
- * attention over it, absorbed (DeepSeek model.py attn_impl="absorb") or naive. */
+ * attention over it, absorbed (DeepSeek model.py attn_impl="absorb") or naive.
+ * The cache is f32 or bf16: rows are computed in f32 and stored rounded to
+ * nearest even; attention reads them widened to f32 (exact). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,25 +35,33 @@ fm_status fm_ref_mla_cache(const fm_pl_node *node, char *err, size_t errsz) {
 
     float *w = malloc((size_t)C * sizeof *w);
     float *inv = malloc((size_t)(p->rope.rope_dim / 2 + 1) * sizeof *inv);
-    if (!w || !inv) {
+    float *row = malloc((size_t)D * sizeof *row);
+    if (!w || !inv || !row) {
         free(w);
         free(inv);
+        free(row);
         return fm_ref_fail(err, errsz, FM_ENOMEM, "mla_cache '%s': out of memory", NODE_NAME(node));
     }
     fm_weight_row_f32(node->src[2], 0, w);
     fm_rope_inv_freq(&p->rope, inv);
-    float *out = node->dst[0]->data;
-    if (out != cache->data) memcpy(out, cache->data, (size_t)(L * D) * sizeof *out);
+    char *out = node->dst[0]->data;
+    size_t es = fm_dtype_size((fm_dtype)cache->dtype);
+    if (out != cache->data) memcpy(out, cache->data, (size_t)(L * D) * es);
     const float *kd = kv->data;
     for (int64_t t = 0; t < T; t++) {
-        float *row = out + (int64_t)pos[t] * D;
         const float *src = kd + t * D;
         fm_ref_rmsnorm_row(src, C, w, p->eps, row);
         memcpy(row + C, src + C, (size_t)(D - C) * sizeof *row);
         fm_ref_rope_row(row + C, D - C, &p->rope, inv, pos[t]);
+        char *dst = out + (size_t)((int64_t)pos[t] * D) * es;
+        if (cache->dtype == FM_BF16)
+            for (int64_t i = 0; i < D; i++) ((uint16_t *)dst)[i] = fm_f32_to_bf16(row[i]);
+        else
+            memcpy(dst, row, (size_t)D * sizeof *row);
     }
     free(w);
     free(inv);
+    free(row);
     return FM_OK;
 }
 
@@ -81,8 +91,9 @@ typedef struct mla_dims {
 /* Per head: q_abs = W_UK^T q_nope, scores against the latent rows, o_lat = the
  * softmax-weighted latent, out = W_UV o_lat. kv_b is decoded to f32 (FP8 included:
  * the absorbed form never quantizes activations). */
-static fm_status attn_absorb(const fm_pl_node *node, const mla_dims *m, int64_t rows, char *err, size_t errsz) {
-    const float *q = node->src[0]->data, *cache = node->src[1]->data;
+static fm_status attn_absorb(const fm_pl_node *node, const mla_dims *m, const float *cache, int64_t rows, char *err,
+                             size_t errsz) {
+    const float *q = node->src[0]->data;
     const int32_t *pos = node->src[2]->data;
     const fm_pl_tensor *kvb = node->src[3];
     float *out = node->dst[0]->data;
@@ -133,9 +144,9 @@ out:
 /* Per head: k_nope and v of every needed cache row through kv_b as a linear
  * layer (with act_quant for FP8 when asked), then ordinary attention with the
  * shared k_pe. Memory: one head's k/v for the rows in use. */
-static fm_status attn_naive(const fm_pl_node *node, const mla_dims *m, int64_t rows, int act_quant, char *err,
-                            size_t errsz) {
-    const float *q = node->src[0]->data, *cache = node->src[1]->data;
+static fm_status attn_naive(const fm_pl_node *node, const mla_dims *m, const float *cache, int64_t rows,
+                            int act_quant, char *err, size_t errsz) {
+    const float *q = node->src[0]->data;
     const int32_t *pos = node->src[2]->data;
     const fm_pl_tensor *kvb = node->src[3];
     float *out = node->dst[0]->data;
@@ -194,7 +205,20 @@ fm_status fm_ref_mla_attn(const fm_pl_node *node, char *err, size_t errsz) {
     int64_t rows = 0;
     for (int64_t t = 0; t < m.T; t++)
         if ((int64_t)pos[t] + 1 > rows) rows = (int64_t)pos[t] + 1;
+    /* A bf16 cache: the rows in use widened to f32 once (exact), then the f32 kernels. */
+    const float *kc = cache->data;
+    float *wide = NULL;
+    if (cache->dtype != FM_F32) {
+        if (!(wide = malloc((size_t)(rows * m.D) * sizeof *wide)))
+            return fm_ref_fail(err, errsz, FM_ENOMEM, "mla_attn '%s': out of memory (%lld cache rows)",
+                               NODE_NAME(node), (long long)rows);
+        for (int64_t j = 0; j < rows; j++) fm_weight_row_f32(cache, j, wide + j * m.D);
+        kc = wide;
+    }
     if (p->mode == FM_MLA_NAIVE)
-        return attn_naive(node, &m, rows, p->act_quant && node->src[3]->dtype == FM_F8_E4M3, err, errsz);
-    return attn_absorb(node, &m, rows, err, errsz);
+        st = attn_naive(node, &m, kc, rows, p->act_quant && node->src[3]->dtype == FM_F8_E4M3, err, errsz);
+    else
+        st = attn_absorb(node, &m, kc, rows, err, errsz);
+    free(wide);
+    return st;
 }

@@ -232,12 +232,14 @@ FM_API fm_tensor *fm_moe_experts(fm_graph *g, fm_tensor *x, fm_tensor *ids, fm_t
                                  int n_experts, fm_tensor *const *gate, fm_tensor *const *up,
                                  fm_tensor *const *down, int act_quant);
 /* Latent KV-cache append: for each row t, cache[pos[t]] = [rmsnorm(kv[t, :kv_lora]) * norm_w,
- * rope(kv[t, kv_lora:], pos[t])]. cache: state [L, kv_lora + rope_dim]. Returns the
- * updated cache (same storage), to be passed to fm_mla_attn. */
+ * rope(kv[t, kv_lora:], pos[t])]. cache: state [L, kv_lora + rope_dim], F32 or BF16 (the
+ * row is computed in f32, then rounded to nearest even). Returns the updated cache (same
+ * storage and dtype), to be passed to fm_mla_attn. */
 FM_API fm_tensor *fm_mla_cache(fm_graph *g, fm_tensor *cache, fm_tensor *kv, fm_tensor *norm_w,
                                fm_tensor *pos, const fm_mla_cache_params *p);
 /* MLA attention of q [T, H*(nope+rope)] (rope already applied) against cache rows
- * 0..pos[t] (causal). kv_b: [H*(nope+v), kv_lora]. Output [T, H*v]. */
+ * 0..pos[t] (causal); cache F32 or BF16 (widened exactly). kv_b: [H*(nope+v), kv_lora].
+ * Output [T, H*v]. */
 FM_API fm_tensor *fm_mla_attn(fm_graph *g, fm_tensor *q, fm_tensor *cache, fm_tensor *pos,
                               fm_tensor *kv_b, const fm_mla_attn_params *p);
 
@@ -314,6 +316,9 @@ typedef struct fm_model_options {
     const char *backends;  /* placement, as fm_session_init */
     const char *place;
     uint32_t flags;        /* FM_RUN_* */
+    int32_t cache_dtype;   /* the latent KV cache's dtype: FM_F32 (0, the default) or FM_BF16
+                              (DeepSeek's serving form: each row computed in f32, stored rounded
+                              to nearest even, widened exactly when attention reads it) */
 } fm_model_options;
 
 /* Maps the checkpoint (no copy) and validates config and tensors. */
@@ -332,9 +337,11 @@ FM_API fm_status fm_model_read(fm_model *m, const char *name, void *dst, int64_t
 FM_API int       fm_model_vocab(const fm_model *m);
 FM_API int       fm_model_layers(const fm_model *m);
 FM_API int32_t   fm_model_max_seq(const fm_model *m);
-/* Latent KV cache per token over all layers, in bytes, at the cache's dtype (f32 here) and at
- * bf16 (the released checkpoints' serving dtype). */
+/* Latent KV cache per token over all layers, in bytes: bf16 = 0 at the dtype the cache is
+ * stored in (fm_model_options.cache_dtype: f32 or bf16), bf16 = 1 at bf16 (the released
+ * checkpoints' serving dtype) whatever the cache's dtype. */
 FM_API int64_t   fm_model_kv_bytes_per_token(const fm_model *m, int bf16);
+FM_API fm_dtype  fm_model_cache_dtype(const fm_model *m); /* FM_F32 or FM_BF16 */
 FM_API const char *fm_model_describe(const fm_model *m); /* one line: sizes, routing, dtype */
 /* Time per op and backend, accumulated over forwards since load or the last reset. */
 typedef struct fm_op_time {
