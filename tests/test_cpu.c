@@ -749,17 +749,28 @@ START_TEST(t_moe_experts) {
 }
 END_TEST
 
-static void mla_case(int dtype, int64_t T, const int32_t *pos) {
-    enum { NH = 3, NOPE = 16, R = 8, V = 12, C = 40, L = 1100, D = C + R };
+/* cdt: the cache's dtype (a bf16 cache holds the bf16 rounding of the same values, which
+ * the reference reads); C, R, L: latent and rope lengths, cache rows. */
+static void mla_case_at(int dtype, int64_t T, const int32_t *pos, int cdt, int C, int R, int64_t L) {
+    enum { NH = 3, NOPE = 16, V = 12, CMAX = 512 };
+    const int64_t D = C + R;
     wt kvb;
     wt_make(&kvb, dtype, NH * (NOPE + V), C, 0.5);
     float *q = rand_x(T * NH * (NOPE + R), 1.0), *cache = rand_x(L * D, 1.0), *y = malloc((size_t)(T * NH * V) * 4);
+    uint16_t *c16 = malloc((size_t)(L * D) * 2);
+    for (int64_t i = 0; i < L * D && cdt == FM_BF16; i++) {
+        uint32_t u = bitsf(cache[i]);
+        c16[i] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16); /* nearest even */
+        cache[i] = fbits((uint32_t)c16[i] << 16);
+    }
     fm_mla_attn_params p = {.n_heads = NH, .nope = NOPE, .rope = R, .v = V, .kv_lora = C, .scale = 0.3f, .mode = FM_MLA_ABSORB};
-    fm_pl_tensor tq = mk(FM_F32, 2, T, NH * (NOPE + R), q, "q"), tc = mk(FM_F32, 2, L, D, cache, "cache");
+    fm_pl_tensor tq = mk(FM_F32, 2, T, NH * (NOPE + R), q, "q");
+    fm_pl_tensor tc = cdt == FM_BF16 ? mk(FM_BF16, 2, L, D, c16, "cache") : mk(FM_F32, 2, L, D, cache, "cache");
     fm_pl_tensor tp = mk(FM_I32, 1, T, 0, (void *)pos, "pos"), ty = mk(FM_F32, 2, T, NH * V, y, "y");
     const fm_pl_tensor *src[4] = {&tq, &tc, &tp, &kvb.t}, *dst[1] = {&ty};
     ck_assert_int_eq(run_node(FM_OP_MLA_ATTN, src, 4, dst, 1, &p), FM_OK);
-    double *sc = malloc(L * 8), qa[C], ol[C], r[V], a[V];
+    double *sc = malloc((size_t)L * 8), qa[CMAX], ol[CMAX], r[V], a[V];
+    ck_assert(C <= CMAX);
     for (int64_t t = 0; t < T; t++)
         for (int h = 0; h < NH; h++) {
             const float *qn = q + t * NH * (NOPE + R) + h * (NOPE + R);
@@ -790,8 +801,9 @@ static void mla_case(int dtype, int64_t T, const int32_t *pos) {
             close_to(y + t * NH * V + h * V, r, a, V, cur_isa == 3 && dtype == FM_BF16 ? 2e-2 : 2e-5, "mla_attn");
         }
     wt_free(&kvb);
-    free(q), free(cache), free(y), free(sc);
+    free(q), free(cache), free(c16), free(y), free(sc);
 }
+static void mla_case(int dtype, int64_t T, const int32_t *pos) { mla_case_at(dtype, T, pos, FM_F32, 40, 8, 1100); }
 
 START_TEST(t_mla_attn) {
     if (!use_isa(_i)) return;
@@ -815,6 +827,25 @@ START_TEST(t_mla_decode_lanes) {
     mla_case(FM_BF16, 8, p8);
     mla_case(FM_F32, 21, p21);
     mla_case(FM_BF16, 21, p21);
+}
+END_TEST
+
+/* A bf16 latent cache: read in place by the decode kernels (even row length), copied
+ * (odd), widened for the prefill and generic paths; and DeepSeek's row length (512 +
+ * 64), which the bf16 kernel's fast score tiles take. */
+START_TEST(t_mla_bf16_cache) {
+    if (!use_isa(_i)) return;
+    if (cur_isa == 3) ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK);
+    int32_t p1[1] = {1099}, p3[3] = {0, 700, 1099}, *p40 = malloc(40 * 4);
+    for (int i = 0; i < 40; i++) p40[i] = 1000 + 2 * i;
+    mla_case_at(FM_BF16, 1, p1, FM_BF16, 40, 8, 1100);  /* decode, even rows */
+    mla_case_at(FM_BF16, 3, p3, FM_BF16, 41, 8, 1100);  /* odd rows: copied */
+    mla_case_at(FM_BF16, 40, p40, FM_BF16, 40, 8, 1100); /* prefill: widened */
+    mla_case_at(FM_F32, 1, p1, FM_BF16, 40, 8, 1100);
+    int32_t q1[1] = {1200};
+    mla_case_at(FM_BF16, 1, q1, FM_BF16, 512, 64, 1300);
+    mla_case_at(FM_BF16, 1, q1, FM_F32, 512, 64, 1300);
+    free(p40);
 }
 END_TEST
 
@@ -942,6 +973,7 @@ static void add_ops_tests(Suite *s) {
     tcase_add_loop_test(tc, t_moe_experts, 0, 4);
     tcase_add_loop_test(tc, t_mla_attn, 0, 4);
     tcase_add_loop_test(tc, t_mla_decode_lanes, 0, 4);
+    tcase_add_loop_test(tc, t_mla_bf16_cache, 0, 4);
     tcase_add_loop_test(tc, t_mla_naive, 0, 4);
     tcase_add_loop_test(tc, t_moe_decode, 0, 4);
     suite_add_tcase(s, tc);

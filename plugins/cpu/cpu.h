@@ -218,16 +218,20 @@ typedef struct cpu_mla_dec {
     int nq, nqv;
     int64_t C, D;            /* latent length, cache row length (C + rope) */
     const float *q;          /* [nq][D]: q_abs | q_pe */
-    const float *cache;      /* [rows][D] */
+    const float *cache;      /* [rows][D], or NULL when cache16 */
+    const uint16_t *cache16; /* [rows][D] bf16 (bf16 kernel only), or NULL */
     const int32_t *lim;      /* [nl]: last cache row each lane sees (-1: none) */
     float scale;
 } cpu_mla_dec;
+/* The decode kernels: cache rows [k0, k1) into the running m, l, O of lanes (rows of
+ * O: nq). prep: first call on this scratch (the queries are laid out in it; later
+ * calls with prep 0 reuse them). */
 CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512(const cpu_mla_dec *d);
 CPU_HIDDEN void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
-                                   void *scratch);
+                                   void *scratch, int prep);
 CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512bf16(const cpu_mla_dec *d);
 CPU_HIDDEN void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
-                                       void *scratch);
+                                       void *scratch, int prep);
 /* Online-softmax step of one block (kern_mla_avx512.c, shared by both): S[kn][nl]
  * scores of rows kb.., scaled and masked in place into p = exp(s - m_new); m, l
  * updated; corr[nl] = exp(m_old - m_new). round_bf16: p rounded to bf16 (l sums

@@ -11,6 +11,7 @@
  * query block. Decode-sized blocks on the AVX-512 levels run the kernels of
  * kern_mla_*.c (mla_decode_vec): cache rows split across threads, merged after. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +26,7 @@ int cpu_mla_supports(const fm_pl_node *nd) {
     int64_t H = p->n_heads, D = (int64_t)p->kv_lora + p->rope;
     if (H < 1 || p->nope < 1 || p->rope < 1 || p->v < 1 || p->kv_lora < 1 || !(p->scale > 0) || H > 4096) return 0;
     if (!q || q->dtype != FM_F32 || q->ndim != 2 || q->ne[1] != H * (p->nope + p->rope)) return 0;
-    if (!c || c->dtype != FM_F32 || c->ndim != 2 || c->ne[1] != D) return 0;
+    if (!c || (c->dtype != FM_F32 && c->dtype != FM_BF16) || c->ndim != 2 || c->ne[1] != D) return 0;
     if (!pos || pos->dtype != FM_I32 || pos->ndim != 1 || pos->ne[0] != q->ne[0]) return 0;
     cpu_wmat w;
     if (!cpu_wmat_from(nd->src[3], &w) || w.N != H * (p->nope + p->v) || w.K != p->kv_lora) return 0;
@@ -36,7 +37,8 @@ typedef struct mla_job {
     cpu_state *s;
     const fm_mla_attn_params *p;
     cpu_wmat w;
-    const float *q, *cache;
+    const float *q, *cache;   /* cache: f32 rows (a bf16 cache widened, or NULL: cache16 read in place) */
+    const uint16_t *cache16;  /* a bf16 cache, for the decode kernels that read it in place */
     const int32_t *pos;
     float *out;
     int64_t H, nope, R, v, C, D, qs;
@@ -159,32 +161,43 @@ static void dec_task(void *arg, int tid, int nt) {
     }
 }
 
-/* AVX-512 levels: the blocked kernels of kern_mla_*.c (lanes = rows in vectors of 16). */
+/* AVX-512 levels: the blocked kernels of kern_mla_*.c (lanes = rows in vectors of 16).
+ * The cache rows go in chunks taken from a shared counter, so a thread that starts
+ * late (a worker waking up) or is preempted takes fewer. Each chunk has its own
+ * running max, sum and output, merged afterwards in chunk order: the result does
+ * not depend on which thread took which chunk. */
 typedef struct vdec_job {
     const mla_job *j;
     cpu_mla_dec d;
     int bf16;
-    int64_t maxn, nl;
-    float *part;              /* per thread: m[nl], l[nl], O[nl][C], kernel scratch */
+    int64_t maxn, nl, chunk, nchunks;
+    _Atomic int64_t next;
+    float *part;              /* per chunk: m[nl], l[nl], O[nl][C] */
     size_t part_floats;
+    char *scr;                /* per thread: kernel scratch */
+    size_t scr_bytes;
 } vdec_job;
 
 static void vdec_task(void *arg, int tid, int nt) {
-    const vdec_job *v = arg;
+    (void)nt;
+    vdec_job *v = arg;
     int64_t nl = v->nl;
-    float *m = v->part + (size_t)tid * v->part_floats, *l = m + nl, *O = l + nl, *scr = O + nl * v->j->C;
-    int64_t units = (v->maxn + 15) / 16, k0 = units * tid / nt * 16, k1 = units * (tid + 1) / nt * 16;
-    if (k1 > v->maxn) k1 = v->maxn;
-    for (int64_t r = 0; r < nl; r++) m[r] = -INFINITY, l[r] = 0.0f;
-    memset(O, 0, (size_t)(nl * v->j->C) * 4);
-    if (k0 >= k1) return;
-    if (v->bf16)
-        cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr);
-    else
-        cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr);
+    void *scr = v->scr + (size_t)tid * v->scr_bytes;
+    for (int prep = 1;; prep = 0) {
+        int64_t c = atomic_fetch_add_explicit(&v->next, 1, memory_order_relaxed);
+        if (c >= v->nchunks) break;
+        int64_t k0 = c * v->chunk, k1 = k0 + v->chunk < v->maxn ? k0 + v->chunk : v->maxn;
+        float *m = v->part + (size_t)c * v->part_floats, *l = m + nl, *O = l + nl;
+        for (int64_t r = 0; r < nl; r++) m[r] = -INFINITY, l[r] = 0.0f;
+        memset(O, 0, (size_t)(nl * v->j->C) * 4);
+        if (v->bf16)
+            cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr, prep);
+        else
+            cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr, prep);
+    }
 }
 
-/* Merges the threads' partial attention: each of nt parts holds, per query row,
+/* Merges partial attention (per thread or per chunk): each of nt parts holds, per query row,
  * its running max (nl floats), its running sum (nl floats), then nr rows of C
  * unnormalised outputs. O = sum_t exp(m_t - M) O_t / sum_t exp(m_t - M) l_t. */
 static void merge_parts(const mla_job *j, const float *part, size_t part_floats, int64_t nl, int64_t nr, int nt) {
@@ -213,17 +226,24 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
      * level to NMSE 1e-9, which bf16 rounding of the cache does not meet (about 3e-6). */
     vdec_job v = {.j = j, .maxn = maxn, .bf16 = s->bf16_compute && s->mla_bf16 && j->w.dtype == FM_BF16};
     v.d = (cpu_mla_dec){.nq = (int)nr, .nqv = (int)((nr + 15) / 16), .C = j->C, .D = j->D, .q = j->qc,
-                        .cache = j->cache, .scale = j->p->scale};
+                        .cache = j->cache, .cache16 = j->cache16, .scale = j->p->scale};
     v.nl = (int64_t)v.d.nqv * 16;
     int32_t lim[64];
     for (int64_t r = 0; r < v.nl; r++) lim[r] = r < nr ? j->pos[j->t0 + r / j->H] : -1;
     v.d.lim = lim;
     size_t ks = v.bf16 ? cpu_mla_dec_scratch_avx512bf16(&v.d) : cpu_mla_dec_scratch_avx512(&v.d);
-    v.part_floats = ((size_t)(v.nl * (2 + j->C)) + ks / 4 + 31) & ~(size_t)15;
-    v.part = cpu_scratch(s, v.part_floats * (size_t)nt * 4);
-    if (!v.part) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
+    /* chunks of 512 rows or more, at most 8 per thread */
+    v.chunk = (maxn + 8 * nt - 1) / (8 * nt);
+    v.chunk = v.chunk < 512 ? 512 : (v.chunk + 63) & ~(int64_t)63;
+    v.nchunks = (maxn + v.chunk - 1) / v.chunk;
+    v.part_floats = ((size_t)(v.nl * (2 + j->C)) + 15) & ~(size_t)15;
+    v.scr_bytes = (ks + 127) & ~(size_t)63;
+    char *buf = cpu_scratch(s, v.part_floats * (size_t)v.nchunks * 4 + v.scr_bytes * (size_t)nt + 64);
+    if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
+    v.part = (float *)buf;
+    v.scr = buf + v.part_floats * (size_t)v.nchunks * 4;
     cpu_pool_run(s->pool, vdec_task, &v);
-    merge_parts(j, v.part, v.part_floats, v.nl, nr, nt);
+    merge_parts(j, v.part, v.part_floats, v.nl, nr, (int)v.nchunks);
     return FM_OK;
 }
 
@@ -288,9 +308,9 @@ static void naive_head(void *arg, int64_t h, int tid) {
     }
 }
 
-static fm_status mla_naive(cpu_state *s, const fm_pl_node *nd, int64_t T) {
+static fm_status mla_naive(cpu_state *s, const fm_pl_node *nd, const mla_job *a, int64_t T) {
     const fm_mla_attn_params *p = nd->params;
-    naive_job j = {.s = s, .p = p, .q = nd->src[0]->data, .cache = nd->src[1]->data, .pos = nd->src[2]->data,
+    naive_job j = {.s = s, .p = p, .q = nd->src[0]->data, .cache = a->cache, .pos = nd->src[2]->data,
                    .out = nd->dst[0]->data, .T = T, .H = p->n_heads, .nope = p->nope, .R = p->rope, .v = p->v,
                    .C = p->kv_lora};
     cpu_wmat_from(nd->src[3], &j.w);
@@ -333,7 +353,27 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
             return cpu_fail(s, FM_EINVAL, "mla_attn '%s': position %d at row %lld outside the cache [0, %lld)", nd->name,
                             j.pos[t], (long long)t, (long long)L);
     if (T == 0) return FM_OK;
-    if (p->mode == FM_MLA_NAIVE) return mla_naive(s, nd, T);
+    if (cache->dtype == FM_BF16) {
+        /* the AVX-512 decode kernels read a bf16 cache in place; every other path gets the
+         * rows in use widened to f32 once per call */
+        int64_t rows = 0;
+        for (int64_t t = 0; t < T; t++) rows = j.pos[t] + 1 > rows ? j.pos[t] + 1 : rows;
+        if (p->mode == FM_MLA_ABSORB && (s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16) &&
+            T * j.H <= 64) {
+            j.cache16 = cache->data;
+            j.cache = NULL;
+        } else {
+            float *wide = cpu_scratch_slot(s, 2, (size_t)(rows * j.D) * 4);
+            if (!wide) return cpu_fail(s, FM_ENOMEM, "mla_attn '%s': out of memory (bf16 cache widened)", nd->name);
+            const uint16_t *c16 = cache->data;
+            for (int64_t i = 0; i < rows * j.D; i++) {
+                uint32_t u = (uint32_t)c16[i] << 16;
+                memcpy(wide + i, &u, 4);
+            }
+            j.cache = wide;
+        }
+    }
+    if (p->mode == FM_MLA_NAIVE) return mla_naive(s, nd, &j, T);
     int64_t QB = 256 / j.H > 1 ? 256 / j.H : 1;
     if (QB > T) QB = T;
     int64_t rows = QB * j.H;

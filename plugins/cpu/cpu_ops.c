@@ -185,19 +185,26 @@ typedef struct cache_ctx {
     cpu_wmat w;
     const fm_mla_cache_params *p;
     const float *inv, *kv;
-    float *out;
+    void *out;
+    int bf16;                 /* the cache is bf16: rows computed in f32, stored rounded */
     const int32_t *pos;
     int64_t D;
 } cache_ctx;
+#define CACHE_BF16_MAX_ROW 8192
 static void cache_rows(const void *c, int64_t r0, int64_t r1) {
     const cache_ctx *m = c;
     int64_t C = m->p->kv_lora;
+    float tmp[CACHE_BF16_MAX_ROW];
     for (int64_t t = r0; t < r1; t++) {
-        float *row = m->out + (int64_t)m->pos[t] * m->D;
+        float *row = m->bf16 ? tmp : (float *)m->out + (int64_t)m->pos[t] * m->D;
         const float *src = m->kv + t * m->D;
         m->k->rmsnorm_row(src, &m->w, m->p->eps, row, C);
         memcpy(row + C, src + C, (size_t)(m->D - C) * 4);
         cpu_rope_row(row + C, m->D - C, &m->p->rope, m->inv, m->pos[t]);
+        if (m->bf16) {
+            uint16_t *o = (uint16_t *)m->out + (int64_t)m->pos[t] * m->D;
+            for (int64_t i = 0; i < m->D; i++) o[i] = cpu_bf16_from_f32(row[i]);
+        }
     }
 }
 static fm_status op_mla_cache(cpu_state *s, const fm_pl_node *nd) {
@@ -211,9 +218,10 @@ static fm_status op_mla_cache(cpu_state *s, const fm_pl_node *nd) {
                             pos[t], (long long)t, (long long)L);
     float inv[512];
     cpu_rope_inv_freq(&p->rope, inv);
-    float *out = nd->dst[0]->data;
-    if (out != cache->data) memcpy(out, cache->data, (size_t)(L * D) * 4);
-    cache_ctx m = {s->k, vec_w(nd->src[2]), p, inv, kv->data, out, pos, D};
+    void *out = nd->dst[0]->data;
+    int bf16 = cache->dtype == FM_BF16;
+    if (out != cache->data) memcpy(out, cache->data, (size_t)(L * D) * (bf16 ? 2 : 4));
+    cache_ctx m = {s->k, vec_w(nd->src[2]), p, inv, kv->data, out, bf16, pos, D};
     /* rows with the same position: the last one wins, as in the reference's order */
     if (T > 1) {
         for (int64_t t = 0; t < T; t++)
@@ -258,11 +266,12 @@ int cpu_ops_supports(cpu_state *s, const fm_pl_node *nd) {
                y->dtype == FM_F32 && rope_ok(nd->params, a->ne[1]);
     case FM_OP_MLA_CACHE: {
         const fm_mla_cache_params *p = nd->params;
-        if (nd->n_src != 4 || !p || !is_mat(a, FM_F32) || !is_mat(b, FM_F32)) return 0;
+        if (nd->n_src != 4 || !p || !(is_mat(a, FM_F32) || is_mat(a, FM_BF16)) || !is_mat(b, FM_F32)) return 0;
         int64_t D = (int64_t)p->kv_lora + p->rope.rope_dim;
+        if (a->dtype == FM_BF16 && D > CACHE_BF16_MAX_ROW) return 0;
         return a->ne[1] == D && b->ne[1] == D && p->kv_lora > 0 && is_vec(nd->src[2], nd->src[2]->dtype, p->kv_lora) &&
                is_wfloat(nd->src[2]->dtype) && is_vec(nd->src[3], FM_I32, b->ne[0]) && same_shape(a, y) &&
-               y->dtype == FM_F32 && rope_ok(&p->rope, p->rope.rope_dim) && p->rope.rope_off == 0 &&
+               y->dtype == a->dtype && rope_ok(&p->rope, p->rope.rope_dim) && p->rope.rope_off == 0 &&
                p->rope.head_dim == p->rope.rope_dim && p->eps > 0;
     }
     case FM_OP_MOE_ROUTE: return cpu_route_supports(nd);

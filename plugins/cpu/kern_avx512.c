@@ -185,7 +185,7 @@ static inline __m512 dec16(int dt, const void *row, int64_t k, __mmask16 km) {
                 int64_t ke = kb + CPU_QB < K ? kb + CPU_QB : K;                                                  \
                 __m512 sc = DT == DT_F8 ? _mm512_set1_ps(w->scale[(n / CPU_QB) * w->scale_ld + kb / CPU_QB])     \
                                         : _mm512_set1_ps(1.0f);                                                  \
-                for (int64_t l = 0; l < 2 * es; l++) _mm_prefetch(row + kb * es + 2048 + 64 * l, _MM_HINT_T0);   \
+                for (int64_t l = 0; l < 2 * es; l++) _mm_prefetch(row + kb * es + 6144 + 64 * l, _MM_HINT_T0);   \
                 int64_t k = kb;                                                                                  \
                 for (; k + 64 <= ke; k += 64) {                                                                  \
                     __m512 w0 = dec16(DT, row, k, 0xffff), w1 = dec16(DT, row, k + 16, 0xffff);                  \

@@ -65,7 +65,7 @@ void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, const int32_t
 
 size_t cpu_mla_dec_scratch_avx512(const cpu_mla_dec *d) {
     size_t nl = (size_t)d->nqv * 16;
-    return (nl * (size_t)d->D + MLA_KB * nl + nl + 64) * 4;
+    return (nl * (size_t)d->D + MLA_KB * nl + nl + 64 + (d->cache16 ? MLA_KB * (size_t)d->D : 0)) * 4;
 }
 
 /* S[r][nl] for rows r < kn of cb (rows past kn computed on a repeated row, not stored) */
@@ -132,15 +132,19 @@ static void pv(const float *P, int nl, int nq, const float *cb, int64_t D, int k
     }
 }
 
-void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O, void *scratch) {
+void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O, void *scratch,
+                        int prep) {
     const int nqv = d->nqv, nl = nqv * 16, nq = d->nq;
     const int64_t D = d->D, C = d->C;
-    float *qT = scratch, *S = qT + (int64_t)nl * D, *corr = S + MLA_KB * nl;
-    for (int64_t k = 0; k < D; k++)
+    float *qT = scratch, *S = qT + (int64_t)nl * D, *corr = S + MLA_KB * nl, *wide = corr + nl + 64;
+    for (int64_t k = 0; k < D && prep; k++)
         for (int i = 0; i < nl; i++) qT[k * nl + i] = i < nq ? d->q[(int64_t)i * D + k] : 0.0f;
     for (int64_t kb = k0; kb < k1; kb += MLA_KB) {
         int kn = (int)(k1 - kb < MLA_KB ? k1 - kb : MLA_KB);
-        const float *cb = d->cache + kb * D;
+        const float *cb = d->cache16 ? wide : d->cache + kb * D;
+        if (d->cache16) /* a bf16 cache: the block widened (exact) */
+            for (int64_t i = 0; i < kn * D; i += 16)
+                _mm512_storeu_ps(wide + i, bf16x16(_mm256_maskz_loadu_epi16(m16((int)(kn * D - i)), d->cache16 + kb * D + i)));
         scores(qT, nqv, cb, D, kn, S);
         cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, 0);
         pv(S, nl, nq, cb, D, kn, C, corr, O);

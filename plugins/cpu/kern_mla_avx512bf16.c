@@ -9,10 +9,11 @@
  * Scores, the softmax and O accumulate in f32 (vdpbf16ps: two exact products added
  * per lane; the hardware flushes denormals). */
 #include <math.h>
+#include <string.h>
 
 #include "kern_avx512_inl.h"
 
-#define MLA_KB 64 /* cache rows per block (even) */
+#define MLA_KB 128 /* cache rows per block (even) */
 #define RT 16
 #define LT 8
 
@@ -39,8 +40,60 @@ static inline __m512i pairs16(__m512 a, __m512 b, __m512i idx) {
     return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
 }
 
+/* S[i][lanes] = q . row i, rows i < nr of ld uint32 pairs each from cb (rows past nr
+ * computed on the last row, not stored); pf: the next block's f32 rows to request. */
+static inline __attribute__((always_inline)) void scores_tile(const uint32_t *cb, int64_t ld, int nr, const uint32_t *Qp,
+                                                             int nqv, int64_t D2u, float *S, const char *pf, int64_t rowb) {
+    const int nl = nqv * 16;
+    const uint32_t *cr[RT];
+#pragma GCC unroll 16
+    for (int i = 0; i < RT; i++) cr[i] = cb + (i < nr ? i : nr - 1) * ld;
+    for (int v = 0; v < nqv; v++) {
+        __m512 acc[RT];
+#pragma GCC unroll 16
+        for (int i = 0; i < RT; i++) acc[i] = _mm512_setzero_ps();
+        const uint32_t *qv = Qp + v * 16;
+        const char *p = v == 0 ? pf : NULL, *pe = p ? p + RT * rowb : NULL;
+        const int two = rowb * RT > D2u * 64; /* lines per step */
+        for (int64_t k2 = 0; k2 < D2u; k2++) {
+            if (p && p < pe) {
+                _mm_prefetch(p, _MM_HINT_T1);
+                if (two) _mm_prefetch(p + 64, _MM_HINT_T1);
+                p += two ? 128 : 64;
+            }
+            __m512bh b = (__m512bh)_mm512_loadu_si512(qv + k2 * nl);
+#pragma GCC unroll 16
+            for (int i = 0; i < RT; i++) acc[i] = dp_bcst(acc[i], b, cr[i] + k2);
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < RT; i++)
+            if (i < nr) _mm512_storeu_ps(S + (int64_t)i * nl + v * 16, acc[i]);
+    }
+}
+
+/* Columns of a whole group of 32 in Cp after the unpacks: position p holds column
+ * col_of(p) (unpacklo: 0-3 8-11 16-19 24-27, unpackhi: 4-7 12-15 20-23 28-31). O's
+ * whole groups are kept in that order inside the kernel: perm_o(.., 1) puts them in
+ * it on entry, perm_o(.., 0) back in column order on exit. */
+static inline int col_of(int p) { return p < 16 ? (p / 4) * 8 + p % 4 : ((p - 16) / 4) * 8 + 4 + (p - 16) % 4; }
+static void perm_o(float *O, int nq, int64_t C, int to_unpacked) {
+    int32_t ix[32];
+    for (int p = 0; p < 32; p++) {
+        if (to_unpacked) ix[p] = col_of(p);
+        else ix[col_of(p)] = p;
+    }
+    const __m512i i0 = _mm512_loadu_si512(ix), i1 = _mm512_loadu_si512(ix + 16);
+    for (int i = 0; i < nq; i++)
+        for (int64_t c = 0; c + 32 <= C; c += 32) {
+            float *o = O + (int64_t)i * C + c;
+            __m512 a = _mm512_loadu_ps(o), b = _mm512_loadu_ps(o + 16);
+            _mm512_storeu_ps(o, _mm512_permutex2var_ps(a, i0, b));
+            _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(a, i1, b));
+        }
+}
+
 void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
-                            void *scratch) {
+                            void *scratch, int prep) {
     const int nqv = d->nqv, nl = nqv * 16, nq = d->nq;
     const int64_t D = d->D, C = d->C, D2 = pad16((D + 1) / 2), D2u = (D + 1) / 2, ldp = pad16(C);
     uint32_t *Qp = scratch, *Cb = Qp + D2 * nl, *Cp = Cb + MLA_KB * D2;
@@ -52,81 +105,87 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
     const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37,
                                          5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i ihi = _mm512_add_epi16(ilo, _mm512_set1_epi16(16));
-    for (int64_t k2 = 0; k2 < D2; k2++)
-        for (int i = 0; i < nl; i++) {
-            const float *qi = d->q + (int64_t)i * D;
-            uint32_t lo = i < nq && 2 * k2 < D ? cpu_bf16_from_f32(qi[2 * k2]) : 0;
-            uint32_t hi = i < nq && 2 * k2 + 1 < D ? cpu_bf16_from_f32(qi[2 * k2 + 1]) : 0;
-            Qp[k2 * nl + i] = lo | hi << 16;
+    /* Qp[k2][lane]: each lane's row rounded in vectors (into the Cb scratch), then spread */
+    for (int i = 0; i < nl && prep; i++) {
+        uint32_t *row = Cb;
+        for (int64_t k = 0; k < 2 * D2; k += 32) {
+            __mmask16 lo = i < nq ? m16((int)(D - k)) : 0, hi = i < nq ? m16((int)(D - k - 16)) : 0;
+            const float *qi = d->q + (int64_t)i * D + k;
+            _mm512_storeu_si512(row + k / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, qi + 16),
+                                                                          _mm512_maskz_loadu_ps(lo, qi)));
         }
+        for (int64_t k2 = 0; k2 < D2; k2++) Qp[k2 * nl + i] = row[k2];
+    }
+    perm_o(O, nq, C, 1);
+    /* a bf16 cache of even row length is read in place (rows of D / 2 pairs) */
+    const int direct = d->cache16 && D % 2 == 0;
+    const int64_t rowb = direct ? D * 2 : D * 4; /* bytes per cache row */
     for (int64_t kb = k0; kb < k1; kb += MLA_KB) {
         const int kn = (int)(k1 - kb < MLA_KB ? k1 - kb : MLA_KB), kn2 = (kn + 1) / 2;
-        const float *cb = d->cache + kb * D;
-        /* convert the block: Cb, then Cp (the rows are in L1/L2 by then) */
-        /* the next block is requested while the scores run (two lines per step) */
-        const float *nx = kb + 2 * MLA_KB <= k1 && D2u * 32 >= RT * D ? cb + MLA_KB * D : NULL;
-        for (int r = 0; r < kn; r++) {
-            const float *src = cb + r * D;
-            uint32_t *dst = Cb + r * D2;
-            if (D % 32 == 0) {
-                for (int64_t k = 0; k < D; k += 32)
-                    _mm512_storeu_si512(dst + k / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + k + 16),
-                                                                                  _mm512_loadu_ps(src + k)));
-                continue;
+        /* the next block is requested while the scores run (a line or two per step) */
+        const char *nx = kb + 2 * MLA_KB <= k1 && D2u * 128 >= RT * rowb
+                             ? (direct ? (const char *)(d->cache16 + (kb + MLA_KB) * D)
+                                       : (const char *)(d->cache + (kb + MLA_KB) * D))
+                             : NULL;
+        const uint32_t *cbk = Cb; /* the block's rows as bf16 pairs, ld pairs apart */
+        int64_t ld = D2;
+        if (direct) {
+            cbk = (const uint32_t *)(d->cache16 + kb * D), ld = D / 2;
+        } else if (d->cache16) { /* odd row length: copied, a zero pad after the last */
+            for (int r = 0; r < kn; r++) {
+                const uint16_t *src = d->cache16 + (kb + r) * D;
+                uint16_t *dst = (uint16_t *)(Cb + r * D2);
+                memcpy(dst, src, (size_t)D * 2);
+                dst[D] = 0;
             }
-            for (int64_t k = 0; k < D; k += 32) {
-                __m512 lo = _mm512_maskz_loadu_ps(m16((int)(D - k)), src + k);
-                __m512 hi = _mm512_maskz_loadu_ps(m16((int)(D - k - 16)), src + k + 16);
-                _mm512_mask_storeu_epi32(dst + k / 2, m16((int)((D - k + 1) / 2)), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-            }
-        }
-        for (int r2 = 0; r2 < kn2 && C % 32 == 0; r2++) { /* from Cb: two rows' bf16 interleaved */
-            const uint32_t *ra = Cb + 2 * r2 * D2, *rb = ra + D2;
-            int hasb = 2 * r2 + 1 < kn;
-            uint32_t *dst = Cp + r2 * ldp;
-            for (int64_t c = 0; c < C; c += 32) {
-                __m512i a = _mm512_loadu_si512(ra + c / 2), b = hasb ? _mm512_loadu_si512(rb + c / 2) : _mm512_setzero_si512();
-                _mm512_storeu_si512(dst + c, _mm512_permutex2var_epi16(a, ilo, b));
-                _mm512_storeu_si512(dst + c + 16, _mm512_permutex2var_epi16(a, ihi, b));
-            }
-        }
-        for (int r2 = 0; r2 < kn2 && C % 32 != 0; r2++) {
-            const float *ra = cb + 2 * r2 * D, *rb = ra + D;
-            int hasb = 2 * r2 + 1 < kn;
-            uint32_t *dst = Cp + r2 * ldp;
-            for (int64_t c = 0; c < C; c += 16) {
-                __mmask16 km = m16((int)(C - c));
-                __m512 a = _mm512_maskz_loadu_ps(km, ra + c), b = _mm512_maskz_loadu_ps(hasb ? km : 0, rb + c);
-                _mm512_mask_storeu_epi32(dst + c, km, pairs16(a, b, idx));
-            }
-        }
-        /* scores: S[r][lanes] */
-        for (int r0 = 0; r0 < kn; r0 += RT) {
-            const uint32_t *cr[RT];
-#pragma GCC unroll 16
-            for (int i = 0; i < RT; i++) cr[i] = Cb + (r0 + i < kn ? r0 + i : kn - 1) * D2;
-            for (int v = 0; v < nqv; v++) {
-                __m512 acc[RT];
-#pragma GCC unroll 16
-                for (int i = 0; i < RT; i++) acc[i] = _mm512_setzero_ps();
-                const uint32_t *qv = Qp + v * 16;
-                const float *pf = nx && v == 0 ? nx + (int64_t)r0 * D : NULL, *pfe = pf ? pf + RT * D : NULL;
-                for (int64_t k2 = 0; k2 < D2u; k2++) {
-                    if (pf && pf < pfe) {
-                        _mm_prefetch((const char *)pf, _MM_HINT_T1);
-                        _mm_prefetch((const char *)(pf + 16), _MM_HINT_T1);
-                        pf += 32;
-                    }
-                    __m512bh b = (__m512bh)_mm512_loadu_si512(qv + k2 * nl);
-#pragma GCC unroll 16
-                    for (int i = 0; i < RT; i++)
-                        acc[i] = dp_bcst(acc[i], b, cr[i] + k2);
+        } else { /* f32 cache: converted (nearest even) */
+            const float *cb = d->cache + kb * D;
+            for (int r = 0; r < kn; r++) {
+                const float *src = cb + r * D;
+                uint32_t *dst = Cb + r * D2;
+                if (D % 32 == 0) {
+                    for (int64_t k = 0; k < D; k += 32)
+                        _mm512_storeu_si512(dst + k / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + k + 16),
+                                                                                      _mm512_loadu_ps(src + k)));
+                    continue;
                 }
-#pragma GCC unroll 16
-                for (int i = 0; i < RT; i++)
-                    if (r0 + i < kn) _mm512_storeu_ps(S + (int64_t)(r0 + i) * nl + v * 16, acc[i]);
+                for (int64_t k = 0; k < D; k += 32) {
+                    __m512 lo = _mm512_maskz_loadu_ps(m16((int)(D - k)), src + k);
+                    __m512 hi = _mm512_maskz_loadu_ps(m16((int)(D - k - 16)), src + k + 16);
+                    _mm512_mask_storeu_epi32(dst + k / 2, m16((int)((D - k + 1) / 2)), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                }
             }
         }
+        /* Cp: two rows' latent parts interleaved. Whole groups of 32 columns with the
+         * in-lane unpacks (cheap), which leave the columns of a group in the order
+         * of col_of (O is kept in that order, see perm_o); a partial group in order */
+        for (int r2 = 0; r2 < kn2; r2++) {
+            const uint32_t *ra = cbk + 2 * r2 * ld, *rb = ra + ld;
+            int hasb = 2 * r2 + 1 < kn;
+            uint32_t *dst = Cp + r2 * ldp;
+            int64_t c = 0;
+            for (; c + 32 <= C; c += 32) {
+                __m512i va = _mm512_loadu_si512(ra + c / 2), vb = hasb ? _mm512_loadu_si512(rb + c / 2) : _mm512_setzero_si512();
+                _mm512_storeu_si512(dst + c, _mm512_unpacklo_epi16(va, vb));
+                _mm512_storeu_si512(dst + c + 16, _mm512_unpackhi_epi16(va, vb));
+            }
+            for (; c < C; c += 32) {
+                __mmask16 km = m16((int)((C - c + 1) / 2));
+                __m512i va = _mm512_maskz_loadu_epi32(km, ra + c / 2);
+                __m512i vb = _mm512_maskz_loadu_epi32(hasb ? km : 0, rb + c / 2);
+                _mm512_mask_storeu_epi32(dst + c, m16((int)(C - c)), _mm512_permutex2var_epi16(va, ilo, vb));
+                _mm512_mask_storeu_epi32(dst + c + 16, m16((int)(C - c - 16)), _mm512_permutex2var_epi16(va, ihi, vb));
+            }
+        }
+        /* scores: S[r][lanes]; full tiles of rows at the usual row length with the
+         * rows' offsets as constants (one base register), the rest generic */
+        int r0 = 0;
+        if (ld == 288)
+            for (; r0 + RT <= kn; r0 += RT)
+                scores_tile(cbk + r0 * 288, 288, RT, Qp, nqv, D2u, S + (int64_t)r0 * nl, nx ? nx + r0 * rowb : NULL, rowb);
+        for (; r0 < kn; r0 += RT)
+            scores_tile(cbk + r0 * ld, ld, kn - r0 < RT ? kn - r0 : RT, Qp, nqv, D2u, S + (int64_t)r0 * nl,
+                        nx ? nx + r0 * rowb : NULL, rowb);
         cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, 1);
         for (int r2 = 0; r2 < kn2; r2++)
             for (int v = 0; v < nqv; v++) {
@@ -171,4 +230,5 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
             }
         }
     }
+    perm_o(O, nq, C, 0);
 }

@@ -22,6 +22,7 @@ typedef struct bench_opts {
     const char *backend;      /* "cpu" */
     const char *isa;          /* cpu control "isa" (e.g. avx512bf16 = bf16 compute), NULL = default */
     int runs, warmup;
+    int burst;                /* calls per timed run, back to back (0: the subcommand's default) */
     int json;
     int direct;               /* drive the plugin directly instead of the public API */
     const char *peer;         /* "auto", "openblas", "blis", "none" */
@@ -29,6 +30,7 @@ typedef struct bench_opts {
     /* experts / route / mla / layer / model */
     int experts, active, tokens, hidden, inter, groups, topk_groups;
     int heads, kv_lora, rope, nope, vdim, ctx_len;
+    int cache_dtype;          /* mla: the latent cache's fm_dtype (f32 or bf16) */
     int bw_mib;               /* bandwidth probe buffer */
     /* model: --model DIR (NULL: a generated random-weight checkpoint), its shape otherwise */
     const char *model;
@@ -84,6 +86,11 @@ typedef struct bench_ours bench_ours;
 int  bench_ours_init(bench_ours **out, const bench_opts *o, int op, bench_tensor *const *src, int n_src,
                      bench_tensor *const *dst, int n_dst, const void *params, size_t params_size, char *why,
                      size_t whyn);
+/* The same, on the context (or, direct, the plugin instance) of share: free it after
+ * every instance sharing it. */
+int  bench_ours_init_shared(bench_ours **out, bench_ours *share, const bench_opts *o, int op, bench_tensor *const *src,
+                            int n_src, bench_tensor *const *dst, int n_dst, const void *params, size_t params_size,
+                            char *why, size_t whyn);
 int  bench_ours_run(bench_ours *b);     /* one timed unit: the node (or graph) once; 0 = ok */
 int  bench_ours_read(bench_ours *b);    /* copy outputs into their bench_tensor data */
 const char *bench_ours_mode(const bench_ours *b); /* "api" or "plugin" */
@@ -129,7 +136,11 @@ void bench_probes(const bench_opts *o, bench_report *r);
 /* Interleaved protocol: rounds of (each contender once, order rotating); medians
  * of seconds per run into med[]. fn(ctx) returns 0 on success. */
 typedef int (*bench_fn)(void *ctx);
-int bench_interleave(int n, bench_fn const *fn, void *const *ctx, int runs, int warmup, double *med, double *all);
+/* Interleaved runs (docs/bench.md): warmup untimed rounds, then runs rounds of one
+ * timed run per contender (order rotating, 3 ms pause before each); a timed run is
+ * burst calls back to back, timed together: med[c] is the median time per call. */
+int bench_interleave(int n, bench_fn const *fn, void *const *ctx, int runs, int warmup, int burst, double *med,
+                     double *all);
 int bench_threads_effective(const bench_opts *o);
 
 #endif

@@ -147,7 +147,7 @@ int bench_gemm(const bench_opts *o) {
     }
     bench_progress("interleaving ours and %d peer%s, %d runs each", np, np == 1 ? "" : "s", o->runs);
     double med[3];
-    if (bench_interleave(1 + np, fn, ctx, o->runs, o->warmup, med, NULL)) {
+    if (bench_interleave(1 + np, fn, ctx, o->runs, o->warmup, o->burst, med, NULL)) {
         fprintf(stderr, "fathom bench gemm: ours failed: %s\n", bench_ours_error(ours));
         return 1;
     }

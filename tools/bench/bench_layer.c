@@ -402,7 +402,7 @@ int bench_layer(const bench_opts *o) {
      * were written (first reads of fresh memory are slow on virtual machines; see bench_moe.c) */
     int warm = o->warmup > 2 * NX ? o->warmup : 2 * NX;
     bench_progress("%d warm-up rounds (every input twice)", warm);
-    if (bench_interleave(1 + np, fn, ctx, o->runs, warm, med, NULL)) {
+    if (bench_interleave(1 + np, fn, ctx, o->runs, warm, o->burst, med, NULL)) {
         fprintf(stderr, "fathom bench layer: ours failed: %s\n", cx[0].err);
         return 1;
     }

@@ -43,9 +43,25 @@ static float bf16v(uint16_t h) {
     return f;
 }
 
-typedef struct two { bench_ours *ours; bench_plugin *pl; void *ctx; int (*peer)(void *); } two;
-static int run_ours(void *c) { return bench_ours_run(((two *)c)->ours); }
-static int run_peer(void *c) { return ((two *)c)->peer(((two *)c)->ctx); }
+#define NCOPY 16 /* data sets rotated through (mla: copies of the cache and kv_b) */
+
+/* ours[i] and ctx[i] work on data set i; each call takes the next set, so within a
+ * burst (--burst) every call reads data the previous calls did not. */
+typedef struct two {
+    bench_ours *ours[NCOPY];
+    void *ctx[NCOPY];
+    int n, io, ip;
+    bench_plugin *pl;
+    int (*peer)(void *);
+} two;
+static int run_ours(void *c) {
+    two *t = c;
+    return bench_ours_run(t->ours[t->io++ % t->n]);
+}
+static int run_peer(void *c) {
+    two *t = c;
+    return t->peer(t->ctx[t->ip++ % t->n]);
+}
 
 /* Runs ours and the composition interleaved; fills r (unit per second = work / time). */
 static int compare(const bench_opts *o, bench_report *r, two *t, double work, double *med) {
@@ -53,8 +69,8 @@ static int compare(const bench_opts *o, bench_report *r, two *t, double work, do
     bench_fn fn[2] = {run_ours, run_peer};
     void *ctx[2] = {&a, &b};
     bench_progress("interleaving ours and the per-op composition, %d runs each", o->runs);
-    if (bench_interleave(2, fn, ctx, o->runs, o->warmup, med, NULL)) {
-        fprintf(stderr, "fathom bench %s: failed: %s %s\n", o->sub, bench_ours_error(t->ours), bench_plugin_error(t->pl));
+    if (bench_interleave(2, fn, ctx, o->runs, o->warmup, o->burst, med, NULL)) {
+        fprintf(stderr, "fathom bench %s: failed: %s %s\n", o->sub, bench_ours_error(t->ours[0]), bench_plugin_error(t->pl));
         return -1;
     }
     r->ours = work / med[0];
@@ -141,9 +157,9 @@ int bench_route(const bench_opts *o) {
     bench_tensor ti = {.name = "ids", .dtype = FM_I32, .ndim = 2, .ne = {T, k}, .data = ids, .kind = 3};
     bench_tensor tw = {.name = "w", .dtype = FM_F32, .ndim = 2, .ne = {T, k}, .data = w, .kind = 3};
     bench_tensor *src[3] = {&tx, &tg, &tb}, *dst[2] = {&ti, &tw};
-    two t = {0};
+    two t = {.n = 1};
     char why[512];
-    if (bench_ours_init(&t.ours, o, FM_OP_MOE_ROUTE, src, 3, dst, 2, &p, sizeof p, why, sizeof why) ||
+    if (bench_ours_init(&t.ours[0], o, FM_OP_MOE_ROUTE, src, 3, dst, 2, &p, sizeof p, why, sizeof why) ||
         bench_plugin_open(&t.pl, o, why, sizeof why)) {
         fprintf(stderr, "fathom bench route: %s\n", why);
         return 1;
@@ -153,13 +169,13 @@ int bench_route(const bench_opts *o) {
     rc.logits = &tl;
     rc.scores = xmalloc((size_t)(T * E) * 4), rc.sel = xmalloc((size_t)(T * E) * 4), rc.gsc = xmalloc((size_t)(T * G) * 4);
     rc.w = xmalloc((size_t)(T * k) * 4), rc.ids = xmalloc((size_t)(T * k) * 4);
-    t.ctx = &rc, t.peer = route_peer;
-    r.mode = bench_ours_mode(t.ours);
-    r.device = bench_ours_device(t.ours);
+    t.ctx[0] = &rc, t.peer = route_peer;
+    r.mode = bench_ours_mode(t.ours[0]);
+    r.device = bench_ours_device(t.ours[0]);
     bench_probes(o, &r);
     double med[2];
     if (compare(o, &r, &t, (double)T, med)) return 1;
-    bench_ours_read(t.ours);
+    bench_ours_read(t.ours[0]);
     int64_t diff = 0; /* ids compared as sets per token */
     for (int64_t i = 0; i < T; i++)
         for (int64_t j = 0; j < k; j++) {
@@ -175,7 +191,7 @@ int bench_route(const bench_opts *o) {
              "  peer         %10.1f us per call\n  check        %lld expert ids differ from the composition's\n",
              med[0] * 1e6, gb, r.bw > 0 ? 100 * gb / r.bw : 0.0, med[1] * 1e6, (long long)diff);
     bench_print(o, &r);
-    bench_ours_free(t.ours);
+    bench_ours_free(t.ours[0]);
     bench_plugin_close(t.pl);
     free(x), free(bias), free(w), free(gw), free(ids), free(tl.data);
     free(rc.scores), free(rc.sel), free(rc.gsc), free(rc.w), free(rc.ids);
@@ -250,64 +266,98 @@ int bench_mla(const bench_opts *o) {
     }
     int nt = bench_threads_effective(o);
     bench_report r = {.bench = "mla", .unit = "GFLOP/s", .threads = nt, .runs = o->runs};
-    snprintf(r.shape, sizeof r.shape, "heads=%lld kv_lora=%lld rope=%lld nope=%lld v=%lld ctx=%lld tokens=%lld kv_b=bf16 absorb",
-             (long long)H, (long long)C, (long long)R, (long long)nope, (long long)v, (long long)L, (long long)T);
-    bench_progress("mla %s: preparing data", r.shape);
-    float *q = xmalloc((size_t)(T * qs) * 4), *cache = xmalloc((size_t)(L * D) * 4), *out = xmalloc((size_t)(T * H * v) * 4);
-    float *cT = xmalloc((size_t)(C * L) * 4);
-    uint16_t *kvb = xmalloc((size_t)(H * (nope + v) * C) * 2);
+    snprintf(r.shape, sizeof r.shape, "heads=%lld kv_lora=%lld rope=%lld nope=%lld v=%lld ctx=%lld tokens=%lld kv_b=bf16 cache=%s absorb",
+             (long long)H, (long long)C, (long long)R, (long long)nope, (long long)v, (long long)L, (long long)T,
+             o->cache_dtype == FM_BF16 ? "bf16" : "f32");
+    /* data sets: the cache and kv_b (and the composition's copies of them) per set, enough
+     * sets that a burst reads from memory, not from the last-level cache */
+    const int cdt = o->cache_dtype == FM_BF16 ? FM_BF16 : FM_F32, c16 = cdt == FM_BF16;
+    const size_t ce = c16 ? 2 : 4;
+    double per_set = (double)(L * D) * 2 * ce + (double)(H * (nope + v) * C) * 2 + (double)(H * C * nope) * 4;
+    int nc = (int)((256.0 * 1048576 + per_set - 1) / per_set);
+    nc = nc < 1 ? 1 : nc > o->burst ? o->burst : nc > NCOPY ? NCOPY : nc;
+    bench_progress("mla %s: preparing %d data set%s (%.0f MiB each)", r.shape, nc, nc == 1 ? "" : "s", per_set / 1048576);
+    float *q = xmalloc((size_t)(T * qs) * 4), *out = xmalloc((size_t)(T * H * v) * 4);
     int32_t *pos = xmalloc((size_t)T * 4);
     for (int64_t i = 0; i < T * qs; i++) q[i] = frand();
-    for (int64_t i = 0; i < L * D; i++) cache[i] = frand();
-    for (int64_t j = 0; j < L; j++)
-        for (int64_t c = 0; c < C; c++) cT[c * L + j] = cache[j * D + c];
-    bf16_fill(kvb, H * (nope + v) * C, 0.05f);
     for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(L - T + t);
     fm_mla_attn_params p = {.n_heads = (int32_t)H, .nope = (int32_t)nope, .rope = (int32_t)R, .v = (int32_t)v,
                             .kv_lora = (int32_t)C, .scale = 1.0f / sqrtf((float)(nope + R)), .mode = FM_MLA_ABSORB};
     bench_tensor tq = {.name = "q", .dtype = FM_F32, .ndim = 2, .ne = {T, qs}, .data = q, .kind = 0};
-    bench_tensor tc = {.name = "cache", .dtype = FM_F32, .ndim = 2, .ne = {L, D}, .data = cache, .kind = 2};
     bench_tensor tp = {.name = "pos", .dtype = FM_I32, .ndim = 1, .ne = {T}, .data = pos, .kind = 0};
-    bench_tensor tk = {.name = "kv_b", .dtype = FM_BF16, .ndim = 2, .ne = {H * (nope + v), C}, .data = kvb, .kind = 1};
     bench_tensor ty = {.name = "out", .dtype = FM_F32, .ndim = 2, .ne = {T, H * v}, .data = out, .kind = 3};
-    bench_tensor *src[4] = {&tq, &tc, &tp, &tk}, *dst[1] = {&ty};
-    two t = {0};
+    /* the composition's scratch, shared by the sets (they run one at a time) */
+    mla_ctx m0 = {.T = T, .H = H, .nope = nope, .R = R, .v = v, .C = C, .D = D, .L = L, .scale = p.scale, .pos = pos,
+                  .q = q, .out = xmalloc((size_t)(T * H * v) * 4)};
+    m0.qn = xmalloc((size_t)(T * nope) * 4), m0.qa = xmalloc((size_t)(T * C) * 4), m0.qcat = xmalloc((size_t)(T * H * D) * 4);
+    m0.s = xmalloc((size_t)(T * H * L) * 4), m0.ol = xmalloc((size_t)(T * H * C) * 4), m0.olh = xmalloc((size_t)(T * C) * 4);
+    m0.oh = xmalloc((size_t)(T * v) * 4);
+    mla_ctx *ms = xmalloc((size_t)nc * sizeof *ms);
+    bench_tensor *tcs = xmalloc((size_t)nc * 3 * sizeof *tcs); /* per set: cache, kv_b, cacheT */
+    two t = {.n = nc};
     char why[512];
-    if (bench_ours_init(&t.ours, o, FM_OP_MLA_ATTN, src, 4, dst, 1, &p, sizeof p, why, sizeof why) ||
-        bench_plugin_open(&t.pl, o, why, sizeof why)) {
+    if (bench_plugin_open(&t.pl, o, why, sizeof why)) {
         fprintf(stderr, "fathom bench mla: %s\n", why);
         return 1;
     }
-    /* the composition's weights: W_UK^T per head as [C, nope] f32, W_UV per head as rows of kv_b */
-    mla_ctx m = {.pl = t.pl, .T = T, .H = H, .nope = nope, .R = R, .v = v, .C = C, .D = D, .L = L, .scale = p.scale,
-                 .pos = pos, .q = q, .out = xmalloc((size_t)(T * H * v) * 4)};
-    m.qn = xmalloc((size_t)(T * nope) * 4), m.qa = xmalloc((size_t)(T * C) * 4), m.qcat = xmalloc((size_t)(T * H * D) * 4);
-    m.s = xmalloc((size_t)(T * H * L) * 4), m.ol = xmalloc((size_t)(T * H * C) * 4), m.olh = xmalloc((size_t)(T * C) * 4);
-    m.oh = xmalloc((size_t)(T * v) * 4);
-    m.wuk = xmalloc((size_t)H * sizeof *m.wuk), m.wuv = xmalloc((size_t)H * sizeof *m.wuv);
-    float *wukT = xmalloc((size_t)(H * C * nope) * 4);
-    for (int64_t h = 0; h < H; h++) {
-        for (int64_t d = 0; d < nope; d++)
-            for (int64_t c = 0; c < C; c++) wukT[(h * C + c) * nope + d] = bf16v(kvb[(h * (nope + v) + d) * C + c]);
-        m.wuk[h] = (bench_tensor){.name = "wuk", .dtype = FM_F32, .ndim = 2, .ne = {C, nope}, .data = wukT + h * C * nope, .kind = 1};
-        m.wuv[h] = (bench_tensor){.name = "wuv", .dtype = FM_BF16, .ndim = 2, .ne = {v, C},
-                                  .data = kvb + (h * (nope + v) + nope) * C, .kind = 1};
+    for (int c = 0; c < nc; c++) {
+        /* the cache (and its transpose for the composition) at --cache-dtype */
+        void *cache = xmalloc((size_t)(L * D) * ce), *cT = xmalloc((size_t)(C * L) * ce);
+        uint16_t *kvb = xmalloc((size_t)(H * (nope + v) * C) * 2);
+        if (c16) {
+            bf16_fill(cache, L * D, 1.0f);
+            for (int64_t j = 0; j < L; j++)
+                for (int64_t k = 0; k < C; k++) ((uint16_t *)cT)[k * L + j] = ((uint16_t *)cache)[j * D + k];
+        } else {
+            for (int64_t i = 0; i < L * D; i++) ((float *)cache)[i] = frand();
+            for (int64_t j = 0; j < L; j++)
+                for (int64_t k = 0; k < C; k++) ((float *)cT)[k * L + j] = ((float *)cache)[j * D + k];
+        }
+        bf16_fill(kvb, H * (nope + v) * C, 0.05f);
+        bench_tensor *tc = tcs + 3 * c, *tk = tc + 1, *tcT = tc + 2;
+        *tc = (bench_tensor){.name = "cache", .dtype = cdt, .ndim = 2, .ne = {L, D}, .data = cache, .kind = 2};
+        *tk = (bench_tensor){.name = "kv_b", .dtype = FM_BF16, .ndim = 2, .ne = {H * (nope + v), C}, .data = kvb, .kind = 1};
+        *tcT = (bench_tensor){.name = "cacheT", .dtype = cdt, .ndim = 2, .ne = {C, L}, .data = cT, .kind = 1};
+        bench_tensor *src[4] = {&tq, tc, &tp, tk}, *dst[1] = {&ty};
+        if (bench_ours_init_shared(&t.ours[c], c ? t.ours[0] : NULL, o, FM_OP_MLA_ATTN, src, 4, dst, 1, &p, sizeof p, why,
+                                   sizeof why)) {
+            fprintf(stderr, "fathom bench mla: %s\n", why);
+            return 1;
+        }
+        /* the composition's weights: W_UK^T per head as [C, nope] f32, W_UV per head as rows of kv_b */
+        mla_ctx *m = ms + c;
+        *m = m0;
+        m->pl = t.pl;
+        m->wuk = xmalloc((size_t)H * sizeof *m->wuk), m->wuv = xmalloc((size_t)H * sizeof *m->wuv);
+        float *wukT = xmalloc((size_t)(H * C * nope) * 4);
+        for (int64_t h = 0; h < H; h++) {
+            for (int64_t d = 0; d < nope; d++)
+                for (int64_t k = 0; k < C; k++) wukT[(h * C + k) * nope + d] = bf16v(kvb[(h * (nope + v) + d) * C + k]);
+            m->wuk[h] = (bench_tensor){.name = "wuk", .dtype = FM_F32, .ndim = 2, .ne = {C, nope}, .data = wukT + h * C * nope, .kind = 1};
+            m->wuv[h] = (bench_tensor){.name = "wuv", .dtype = FM_BF16, .ndim = 2, .ne = {v, C},
+                                       .data = kvb + (h * (nope + v) + nope) * C, .kind = 1};
+        }
+        m->cache = tc, m->cacheT = tcT;
+        t.ctx[c] = m;
     }
-    bench_tensor tcT = {.name = "cacheT", .dtype = FM_F32, .ndim = 2, .ne = {C, L}, .data = cT, .kind = 1};
-    m.cache = &tc, m.cacheT = &tcT;
-    t.ctx = &m, t.peer = mla_peer;
-    r.mode = bench_ours_mode(t.ours);
-    r.device = bench_ours_device(t.ours);
+    t.peer = mla_peer;
+    r.mode = bench_ours_mode(t.ours[0]);
+    r.device = bench_ours_device(t.ours[0]);
     bench_probes(o, &r);
     double keys = 0;
     for (int64_t i = 0; i < T; i++) keys += pos[i] + 1;
     double flop = 2.0 * (double)H * ((double)T * (double)(nope * C + v * C) + keys * (double)(D + C));
     double med[2];
     if (compare(o, &r, &t, flop * 1e-9, med)) return 1;
-    bench_ours_read(t.ours);
+    /* check: ours and the composition on set 0 */
+    if (bench_ours_run(t.ours[0]) || bench_ours_read(t.ours[0]) || mla_peer(ms)) {
+        fprintf(stderr, "fathom bench mla: check run failed: %s %s\n", bench_ours_error(t.ours[0]), bench_plugin_error(t.pl));
+        return 1;
+    }
     double md = 0, mx = 0;
-    for (int64_t i = 0; i < T * H * v; i++) md = fmax(md, fabs((double)out[i] - m.out[i])), mx = fmax(mx, fabs((double)m.out[i]));
-    double cache_gb = (double)(L * D) * 4 / med[0] * 1e-9;
+    for (int64_t i = 0; i < T * H * v; i++)
+        md = fmax(md, fabs((double)out[i] - m0.out[i])), mx = fmax(mx, fabs((double)m0.out[i]));
+    double cache_gb = (double)(L * D) * (double)ce / med[0] * 1e-9;
     snprintf(r.extra_json, sizeof r.extra_json,
              ", \"ours_us\": %.3f, \"peer_us\": %.3f, \"fraction_of_bf16_probe\": %.4f, \"fraction_of_f32_probe\": %.4f, "
              "\"cache_gbs\": %.6g, \"max_rel_diff_vs_peer\": %.3g",
@@ -319,9 +369,13 @@ int bench_mla(const bench_opts *o) {
              med[0] * 1e6, r.fma_f32 > 0 ? 100 * r.ours / r.fma_f32 : 0.0, r.fma_bf16 > 0 ? 100 * r.ours / r.fma_bf16 : 0.0,
              cache_gb, med[1] * 1e6, mx > 0 ? md / mx : 0.0);
     bench_print(o, &r);
-    bench_ours_free(t.ours);
+    for (int c = nc - 1; c >= 0; c--) { /* set 0 owns the context the others share */
+        bench_ours_free(t.ours[c]);
+        free(tcs[3 * c].data), free(tcs[3 * c + 1].data), free(tcs[3 * c + 2].data);
+        free(ms[c].wuk[0].data), free(ms[c].wuk), free(ms[c].wuv);
+    }
     bench_plugin_close(t.pl);
-    free(q), free(cache), free(out), free(cT), free(kvb), free(pos), free(m.out), free(m.qn), free(m.qa), free(m.qcat);
-    free(m.s), free(m.ol), free(m.olh), free(m.oh), free(m.wuk), free(m.wuv), free(wukT);
+    free(q), free(out), free(pos), free(m0.out), free(m0.qn), free(m0.qa), free(m0.qcat), free(m0.s), free(m0.ol);
+    free(m0.olh), free(m0.oh), free(ms), free(tcs);
     return 0;
 }

@@ -224,7 +224,7 @@ int bench_experts(const bench_opts *o) {
     int warm = o->warmup;
     if (decode && warm < (int)((2 * E + T * k - 1) / (T * k))) warm = (int)((2 * E + T * k - 1) / (T * k));
     if (warm != o->warmup) bench_progress("decode: %d warm-up rounds (every expert read about twice)", warm);
-    if (bench_interleave(1 + np, fn, ctx, o->runs, warm, med, NULL)) {
+    if (bench_interleave(1 + np, fn, ctx, o->runs, warm, o->burst, med, NULL)) {
         fprintf(stderr, "fathom bench experts: ours failed: %s\n", bench_ours_error(c.ours));
         return 1;
     }

@@ -15,6 +15,7 @@
 
 struct bench_ours {
     int plugin;
+    int borrowed;               /* ctx (api) or plugin instance (direct) belongs to another bench_ours */
     char err[512];
     char device[128];
     bench_tensor *const *dst;
@@ -61,20 +62,22 @@ static fm_tensor *leaf(bench_ours *b, bench_tensor *t) {
 }
 
 static int init_api(bench_ours *b, const bench_opts *o, int op, bench_tensor *const *src, int n_src, const void *params) {
-    if (fm_ctx_init(&b->ctx) != FM_OK) return fail(b, "fm_ctx_init failed");
+    if (!b->ctx && fm_ctx_init(&b->ctx) != FM_OK) return fail(b, "fm_ctx_init failed");
     int bi = fm_backend_find(b->ctx, o->backend);
     fm_backend_info info;
-    if (bi < 0 || fm_backend_info_get(b->ctx, bi, &info) != FM_OK)
+    if (b->borrowed) {
+        if (fm_backend_info_get(b->ctx, bi, &info) != FM_OK) return fail(b, "backend %s not found", o->backend);
+    } else if (bi < 0 || fm_backend_info_get(b->ctx, bi, &info) != FM_OK)
         return fail(b, "backend %s not found (FATHOM_PLUGIN_PATH or plugins/ beside the executable)", o->backend);
     if (info.status != FM_BACKEND_READY) return fail(b, "backend %s not ready: %s", o->backend, info.reason);
-    if (o->threads > 0) {
+    if (o->threads > 0 && !b->borrowed) {
         char v[16];
         snprintf(v, sizeof v, "%d", o->threads);
         if (fm_backend_control(b->ctx, o->backend, "threads", v) != FM_OK)
             return fail(b, "backend %s: threads=%s: %s", o->backend, v, fm_ctx_error(b->ctx));
         fm_backend_info_get(b->ctx, bi, &info);
     }
-    if (o->isa && fm_backend_control(b->ctx, o->backend, "isa", o->isa) != FM_OK)
+    if (o->isa && !b->borrowed && fm_backend_control(b->ctx, o->backend, "isa", o->isa) != FM_OK)
         return fail(b, "backend %s: isa=%s: %s", o->backend, o->isa, fm_ctx_error(b->ctx));
     if (o->isa) fm_backend_info_get(b->ctx, bi, &info);
     if (fm_graph_init(b->ctx, &b->g) != FM_OK) return fail(b, "fm_graph_init: %s", fm_ctx_error(b->ctx));
@@ -181,20 +184,23 @@ static void pl_tensor(fm_pl_tensor *d, const bench_tensor *t, const fm_pl_tensor
 
 static int init_plugin(bench_ours *b, const bench_opts *o, int op, bench_tensor *const *src, int n_src,
                        bench_tensor *const *dst, int n_dst, const void *params, size_t params_size) {
-    char path[PATH_MAX + 64];
-    b->dl = open_plugin(o->backend, path, sizeof path);
-    if (!b->dl) return fail(b, "cannot load libfathom-%s.so (FATHOM_PLUGIN_PATH, plugins/ beside the executable)", o->backend);
-    const fm_plugin *(*entry)(void);
-    *(void **)&entry = dlsym(b->dl, "fm_plugin_entry");
-    if (!entry || !(b->pl = entry())) return fail(b, "%s: no fm_plugin_entry", path);
-    char why[512] = "";
-    if (b->pl->init(&host, &b->st, why, sizeof why) != FM_OK) return fail(b, "%s: init: %s", path, why);
-    if (o->threads > 0 && b->pl->control) {
+    char path[PATH_MAX + 64] = "";
+    if (!b->borrowed) {
+        b->dl = open_plugin(o->backend, path, sizeof path);
+        if (!b->dl)
+            return fail(b, "cannot load libfathom-%s.so (FATHOM_PLUGIN_PATH, plugins/ beside the executable)", o->backend);
+        const fm_plugin *(*entry)(void);
+        *(void **)&entry = dlsym(b->dl, "fm_plugin_entry");
+        if (!entry || !(b->pl = entry())) return fail(b, "%s: no fm_plugin_entry", path);
+        char why[512] = "";
+        if (b->pl->init(&host, &b->st, why, sizeof why) != FM_OK) return fail(b, "%s: init: %s", path, why);
+    }
+    if (o->threads > 0 && b->pl->control && !b->borrowed) {
         char v[16];
         snprintf(v, sizeof v, "%d", o->threads);
         if (b->pl->control(b->st, "threads", v) != FM_OK) return fail(b, "threads=%s: %s", v, b->pl->last_error(b->st));
     }
-    if (o->isa && (!b->pl->control || b->pl->control(b->st, "isa", o->isa) != FM_OK))
+    if (o->isa && !b->borrowed && (!b->pl->control || b->pl->control(b->st, "isa", o->isa) != FM_OK))
         return fail(b, "isa=%s: %s", o->isa, b->pl->control ? b->pl->last_error(b->st) : "no control slot");
     fm_device_info di;
     if (b->pl->device_info(b->st, &di) == FM_OK) snprintf(b->device, sizeof b->device, "%s", di.name);
@@ -224,6 +230,12 @@ static int init_plugin(bench_ours *b, const bench_opts *o, int op, bench_tensor 
 int bench_ours_init(bench_ours **out, const bench_opts *o, int op, bench_tensor *const *src, int n_src,
                     bench_tensor *const *dst, int n_dst, const void *params, size_t params_size, char *why,
                     size_t whyn) {
+    return bench_ours_init_shared(out, NULL, o, op, src, n_src, dst, n_dst, params, params_size, why, whyn);
+}
+
+int bench_ours_init_shared(bench_ours **out, bench_ours *share, const bench_opts *o, int op, bench_tensor *const *src,
+                           int n_src, bench_tensor *const *dst, int n_dst, const void *params, size_t params_size,
+                           char *why, size_t whyn) {
     *out = NULL;
     bench_ours *b = calloc(1, sizeof *b);
     if (!b) {
@@ -233,6 +245,21 @@ int bench_ours_init(bench_ours **out, const bench_opts *o, int op, bench_tensor 
     b->dst = dst;
     b->n_dst = n_dst;
     int rc = -1;
+    if (share) { /* the same context (or plugin instance): one set of threads, as in a model */
+        b->borrowed = 1;
+        if (share->plugin) b->dl = share->dl, b->pl = share->pl, b->st = share->st;
+        else b->ctx = share->ctx;
+        rc = share->plugin ? init_plugin(b, o, op, src, n_src, dst, n_dst, params, params_size)
+                           : init_api(b, o, op, src, n_src, params);
+        b->plugin = share->plugin;
+        if (rc) {
+            snprintf(why, whyn, "%s", b->err);
+            bench_ours_free(b);
+            return -1;
+        }
+        *out = b;
+        return 0;
+    }
     if (!o->direct) {
         rc = init_api(b, o, op, src, n_src, params);
         if (rc) {
@@ -280,8 +307,8 @@ void bench_ours_free(bench_ours *b) {
     if (!b) return;
     if (b->s) fm_session_free(b->s);
     if (b->g) fm_graph_free(b->g);
-    if (b->ctx) fm_ctx_free(b->ctx);
-    if (b->pl && b->st) b->pl->destroy(b->st);
+    if (b->ctx && !b->borrowed) fm_ctx_free(b->ctx);
+    if (b->pl && b->st && !b->borrowed) b->pl->destroy(b->st);
     free(b->pt);
     free(b->psrc);
     free(b->pdst);
