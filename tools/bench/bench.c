@@ -162,7 +162,7 @@ static void usage(void) {
             "  experts: --experts E (64) --active k (6) --tokens T (512) --hidden H (2048) --inter I (768) --dtype\n"
             "  route:   --experts E (256) --active k (8) --groups G (8) --topk-groups (4) --tokens T --hidden H\n"
             "  mla:     --heads (16) --kv-lora (512) --rope (64) --nope (128) --v (128) --ctx (4096) --tokens T (1)\n"
-            "           --cache-dtype f32|bf16 (f32)\n"
+            "           --cache-dtype f32|bf16 (f32)  --sets N (data sets rotated; default: enough for 256 MiB)\n"
             "  model:   --model DIR, or a generated checkpoint: --hidden (1024) --layers (4) --dense-layers (1)\n"
             "           --heads (16) --q-lora (384) --kv-lora (256) --rope (32) --nope (64) --v (64) --experts (32)\n"
             "           --inter (352) --shared (1) --dense-inter (2464) --groups (4) --topk-groups (2) --active (6)\n"
@@ -212,6 +212,7 @@ int fm_bench_main(int argc, char **argv) {
         OPT("--runs", runs, atoi)
         OPT("--warmup", warmup, atoi)
         OPT("--burst", burst, atoi)
+        OPT("--sets", sets, atoi)
         OPT("--experts", experts, atoi)
         OPT("--active", active, atoi)
         OPT("--tokens", tokens, atoi)

@@ -31,6 +31,7 @@ typedef struct bench_opts {
     int experts, active, tokens, hidden, inter, groups, topk_groups;
     int heads, kv_lora, rope, nope, vdim, ctx_len;
     int cache_dtype;          /* mla: the latent cache's fm_dtype (f32 or bf16) */
+    int sets;                 /* mla: data sets rotated through (0: enough to leave the caches cold) */
     int bw_mib;               /* bandwidth probe buffer */
     /* model: --model DIR (NULL: a generated random-weight checkpoint), its shape otherwise */
     const char *model;

@@ -276,6 +276,7 @@ int bench_mla(const bench_opts *o) {
     double per_set = (double)(L * D) * 2 * ce + (double)(H * (nope + v) * C) * 2 + (double)(H * C * nope) * 4;
     int nc = (int)((256.0 * 1048576 + per_set - 1) / per_set);
     nc = nc < 1 ? 1 : nc > o->burst ? o->burst : nc > NCOPY ? NCOPY : nc;
+    if (o->sets > 0) nc = o->sets < NCOPY ? o->sets : NCOPY; /* --sets 1: every call on the same (cached) data */
     bench_progress("mla %s: preparing %d data set%s (%.0f MiB each)", r.shape, nc, nc == 1 ? "" : "s", per_set / 1048576);
     float *q = xmalloc((size_t)(T * qs) * 4), *out = xmalloc((size_t)(T * H * v) * 4);
     int32_t *pos = xmalloc((size_t)T * 4);
