@@ -56,7 +56,8 @@ int bench_threads_effective(const bench_opts *o) {
 int bench_interleave(int n, bench_fn const *fn, void *const *ctx, int runs, int warmup, int burst, double *med,
                      double *all) {
     if (burst < 1) burst = 1;
-    double *t = calloc((size_t)(n * runs), sizeof *t);
+    int per = runs * burst; /* calls timed per contender */
+    double *t = calloc((size_t)(n * per), sizeof *t);
     if (!t) return -1;
     for (int w = 0; w < warmup; w++)
         for (int c = 0; c < n; c++)
@@ -73,20 +74,23 @@ int bench_interleave(int n, bench_fn const *fn, void *const *ctx, int runs, int 
             struct timespec gap = {0, 3000000};
             nanosleep(&gap, NULL);
             double a = bench_now();
-            for (int b = 0; b < burst; b++) /* back to back: the contender's threads stay awake */
+            for (int b = 0; b < burst; b++) { /* back to back: the contender's threads stay awake */
                 if (fn[c](ctx[c])) {
                     free(t);
                     return -1;
                 }
-            t[c * runs + r] = (bench_now() - a) / burst;
+                double e = bench_now();
+                t[c * per + r * burst + b] = e - a;
+                a = e;
+            }
         }
         if (bench_now() - last > 2.0) {
             last = bench_now();
             bench_progress("round %d of %d (%.0f s)", r + 1, runs, last - t0);
         }
     }
-    for (int c = 0; c < n; c++) med[c] = bench_median(t + c * runs, runs);
-    if (all) memcpy(all, t, (size_t)(n * runs) * sizeof *t);
+    for (int c = 0; c < n; c++) med[c] = bench_median(t + c * per, per);
+    if (all) memcpy(all, t, (size_t)(n * per) * sizeof *t);
     free(t);
     return 0;
 }
@@ -286,7 +290,7 @@ int fm_bench_main(int argc, char **argv) {
      * spinning near a millisecond unless the caller chose otherwise (docs/bench.md). */
     setenv("OPENBLAS_THREAD_TIMEOUT", "21", 0);
     setenv("GOMP_SPINCOUNT", "300000", 0);
-    if (!o.burst) o.burst = !strcmp(o.sub, "mla") ? 8 : !strcmp(o.sub, "layer") ? 4 : 1;
+    if (!o.burst) o.burst = !strcmp(o.sub, "mla") ? 8 : !strcmp(o.sub, "layer") ? 16 : 1;
     if (!strcmp(o.sub, "gemm")) return bench_gemm(&o);
     if (!strcmp(o.sub, "experts")) return bench_experts(&o);
     if (!strcmp(o.sub, "route")) return bench_route(&o);

@@ -139,7 +139,8 @@ void bench_probes(const bench_opts *o, bench_report *r);
 typedef int (*bench_fn)(void *ctx);
 /* Interleaved runs (docs/bench.md): warmup untimed rounds, then runs rounds of one
  * timed run per contender (order rotating, 3 ms pause before each); a timed run is
- * burst calls back to back, timed together: med[c] is the median time per call. */
+ * burst calls back to back, each timed: med[c] is the median of contender c's
+ * runs x burst call times (all: n x runs x burst of them, or NULL). */
 int bench_interleave(int n, bench_fn const *fn, void *const *ctx, int runs, int warmup, int burst, double *med,
                      double *all);
 int bench_threads_effective(const bench_opts *o);
