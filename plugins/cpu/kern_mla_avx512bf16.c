@@ -53,14 +53,13 @@ static inline __attribute__((always_inline)) void scores_tile(const uint32_t *cb
 #pragma GCC unroll 16
         for (int i = 0; i < RT; i++) acc[i] = _mm512_setzero_ps();
         const uint32_t *qv = Qp + v * 16;
-        const char *p = v == 0 ? pf : NULL, *pe = p ? p + RT * rowb : NULL;
-        const int two = rowb * RT > D2u * 64; /* lines per step */
-        for (int64_t k2 = 0; k2 < D2u; k2++) {
-            if (p && p < pe) {
-                _mm_prefetch(p, _MM_HINT_T1);
-                if (two) _mm_prefetch(p + 64, _MM_HINT_T1);
-                p += two ? 128 : 64;
-            }
+        /* a line of the next block's rows per step (two for f32 rows), without a test:
+         * without a next block, lines of this tile (cached already) */
+        const char *p = pf && v == 0 ? pf : (const char *)cb;
+        const int64_t step = rowb * RT > D2u * 64 ? 128 : 64;
+        for (int64_t k2 = 0; k2 < D2u; k2++, p += step) {
+            _mm_prefetch(p, _MM_HINT_T1);
+            if (step == 128) _mm_prefetch(p + 64, _MM_HINT_T1);
             __m512bh b = (__m512bh)_mm512_loadu_si512(qv + k2 * nl);
 #pragma GCC unroll 16
             for (int i = 0; i < RT; i++) acc[i] = dp_bcst(acc[i], b, cr[i] + k2);
