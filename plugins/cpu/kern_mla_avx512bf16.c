@@ -92,7 +92,7 @@ static void perm_o(float *O, int nq, int64_t C, int to_unpacked) {
 }
 
 void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
-                            void *scratch, int prep) {
+                            void *scratch, int prep, int64_t knext) {
     const int nqv = d->nqv, nl = nqv * 16, nq = d->nq;
     const int64_t D = d->D, C = d->C, D2 = pad16((D + 1) / 2), D2u = (D + 1) / 2, ldp = pad16(C);
     uint32_t *Qp = scratch, *Cb = Qp + D2 * nl, *Cp = Cb + MLA_KB * D2;
@@ -122,9 +122,11 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
     for (int64_t kb = k0; kb < k1; kb += MLA_KB) {
         const int kn = (int)(k1 - kb < MLA_KB ? k1 - kb : MLA_KB), kn2 = (kn + 1) / 2;
         /* the next block is requested while the scores run (a line or two per step) */
-        const char *nx = kb + 2 * MLA_KB <= k1 && D2u * 128 >= RT * rowb
-                             ? (direct ? (const char *)(d->cache16 + (kb + MLA_KB) * D)
-                                       : (const char *)(d->cache + (kb + MLA_KB) * D))
+        /* the next block is requested while the scores run (a line or two per step):
+         * this range's next, or after its last the first of the caller's next range */
+        int64_t nb = kb + 2 * MLA_KB <= k1 ? kb + MLA_KB : kb + MLA_KB >= k1 && knext >= 0 ? knext : -1;
+        const char *nx = nb >= 0 && D2u * 128 >= RT * rowb
+                             ? (direct ? (const char *)(d->cache16 + nb * D) : (const char *)(d->cache + nb * D))
                              : NULL;
         const uint32_t *cbk = Cb; /* the block's rows as bf16 pairs, ld pairs apart */
         int64_t ld = D2;
