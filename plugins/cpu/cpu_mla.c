@@ -199,26 +199,41 @@ static void vdec_task(void *arg, int tid, int nt) {
     }
 }
 
-/* Merges partial attention (per thread or per chunk): each of nt parts holds, per query row,
- * its running max (nl floats), its running sum (nl floats), then nr rows of C
- * unnormalised outputs. O = sum_t exp(m_t - M) O_t / sum_t exp(m_t - M) l_t. */
-static void merge_parts(const mla_job *j, const float *part, size_t part_floats, int64_t nl, int64_t nr, int nt) {
-    cpu_state *s = j->s;
-    for (int64_t r = 0; r < nr; r++) {
-        float M = -INFINITY, L = 0.0f;
-        for (int t = 0; t < nt; t++) M = part[t * part_floats + r] > M ? part[t * part_floats + r] : M;
-        float *o = j->O + r * j->C;
-        memset(o, 0, (size_t)j->C * 4);
-        for (int t = 0; t < nt; t++) {
-            const float *pm = part + t * part_floats, *pl = pm + nl, *pO = pl + nl + r * j->C;
-            if (pm[r] == -INFINITY) continue;
-            float f = expf(pm[r] - M);
-            L += pl[r] * f;
-            s->k->axpy(f, pO, o, j->C);
-        }
-        float inv = 1.0f / L;
-        for (int64_t c = 0; c < j->C; c++) o[c] *= inv;
+/* Merges partial attention (per thread or per chunk): each of np parts holds, per query
+ * row, its running max (nl floats), its running sum (nl floats), then nr rows of C
+ * unnormalised outputs. O = sum_t exp(m_t - M) O_t / sum_t exp(m_t - M) l_t, in part
+ * order; split across threads by rows and blocks of 128 columns. */
+typedef struct merge_job {
+    const mla_job *j;
+    const float *part;
+    size_t part_floats;
+    int64_t nl, ncb;
+    int np;
+} merge_job;
+
+static void merge_item(void *arg, int64_t it, int tid) {
+    (void)tid;
+    const merge_job *g = arg;
+    const mla_job *j = g->j;
+    int64_t r = it / g->ncb, c0 = it % g->ncb * 128, cn = j->C - c0 < 128 ? j->C - c0 : 128;
+    float M = -INFINITY, L = 0.0f;
+    for (int t = 0; t < g->np; t++) M = g->part[t * g->part_floats + r] > M ? g->part[t * g->part_floats + r] : M;
+    for (int t = 0; t < g->np; t++) {
+        const float *pm = g->part + t * g->part_floats;
+        if (pm[r] != -INFINITY) L += pm[g->nl + r] * expf(pm[r] - M);
     }
+    float *o = j->O + r * j->C + c0;
+    memset(o, 0, (size_t)cn * 4);
+    for (int t = 0; t < g->np; t++) {
+        const float *pm = g->part + t * g->part_floats;
+        if (pm[r] == -INFINITY) continue;
+        j->s->k->axpy(expf(pm[r] - M) / L, pm + 2 * g->nl + r * j->C + c0, o, cn);
+    }
+}
+
+static void merge_parts(const mla_job *j, const float *part, size_t part_floats, int64_t nl, int64_t nr, int np) {
+    merge_job g = {.j = j, .part = part, .part_floats = part_floats, .nl = nl, .ncb = (j->C + 127) / 128, .np = np};
+    cpu_pool_for(nr * g.ncb >= 4 ? j->s->pool : NULL, nr * g.ncb, merge_item, &g);
 }
 
 static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
