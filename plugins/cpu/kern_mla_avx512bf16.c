@@ -53,13 +53,12 @@ static inline __attribute__((always_inline)) void scores_tile(const uint32_t *cb
 #pragma GCC unroll 16
         for (int i = 0; i < RT; i++) acc[i] = _mm512_setzero_ps();
         const uint32_t *qv = Qp + v * 16;
-        /* a line of the next block's rows per step (two for f32 rows), without a test:
-         * without a next block, lines of this tile (cached already) */
+        /* this tile's share of the first half of the next block, spread over the steps
+         * (no test: without a next block, lines of this tile, cached already) */
         const char *p = pf && v == 0 ? pf : (const char *)cb;
-        const int64_t step = rowb * RT > D2u * 64 ? 128 : 64;
+        const int64_t step = (RT * rowb / 2 + D2u - 1) / D2u;
         for (int64_t k2 = 0; k2 < D2u; k2++, p += step) {
             _mm_prefetch(p, _MM_HINT_T1);
-            if (step == 128) _mm_prefetch(p + 64, _MM_HINT_T1);
             __m512bh b = (__m512bh)_mm512_loadu_si512(qv + k2 * nl);
 #pragma GCC unroll 16
             for (int i = 0; i < RT; i++) acc[i] = dp_bcst(acc[i], b, cr[i] + k2);
@@ -183,10 +182,10 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
         int r0 = 0;
         if (ld == 288)
             for (; r0 + RT <= kn; r0 += RT)
-                scores_tile(cbk + r0 * 288, 288, RT, Qp, nqv, D2u, S + (int64_t)r0 * nl, nx ? nx + r0 * rowb : NULL, rowb);
+                scores_tile(cbk + r0 * 288, 288, RT, Qp, nqv, D2u, S + (int64_t)r0 * nl, nx ? nx + r0 * rowb / 2 : NULL, rowb);
         for (; r0 < kn; r0 += RT)
             scores_tile(cbk + r0 * ld, ld, kn - r0 < RT ? kn - r0 : RT, Qp, nqv, D2u, S + (int64_t)r0 * nl,
-                        nx ? nx + r0 * rowb : NULL, rowb);
+                        nx ? nx + r0 * rowb / 2 : NULL, rowb);
         cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, 1);
         for (int r2 = 0; r2 < kn2; r2++)
             for (int v = 0; v < nqv; v++) {
@@ -194,7 +193,11 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
                 __m512 b = 2 * r2 + 1 < kn ? _mm512_loadu_ps(S + (int64_t)(2 * r2 + 1) * nl + v * 16) : _mm512_setzero_ps();
                 _mm512_storeu_si512(Pp + r2 * nl + v * 16, pairs16(a, b, idx));
             }
-        /* P.V: O[lane][c] = O corr + sum over row pairs */
+        /* P.V: O[lane][c] = O corr + sum over row pairs; the second half of the next
+         * block requested meanwhile, a line or so per row pair */
+        const int64_t pv_steps = (int64_t)((nq + LT - 1) / LT) * ((C + 47) / 48) * kn2;
+        const int64_t half = (int64_t)MLA_KB / 2 * rowb, ps2 = nx ? (half + pv_steps - 1) / pv_steps : 0;
+        const char *p2 = nx ? nx + half : (const char *)Cp;
         for (int i0 = 0; i0 < nq; i0 += LT) {
             int ih = nq - i0 < LT ? nq - i0 : LT;
             for (int64_t c0 = 0; c0 < C; c0 += 48) {
@@ -208,7 +211,8 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
                     x1[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(q1, orow + 16), cv);
                     x2[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(q2, orow + 32), cv);
                 }
-                for (int r2 = 0; r2 < kn2; r2++) {
+                for (int r2 = 0; r2 < kn2; r2++, p2 += ps2) {
+                    _mm_prefetch(p2, _MM_HINT_T1);
                     const uint32_t *crow = Cp + r2 * ldp + c0, *pr = Pp + r2 * nl + i0;
                     __m512bh b0 = (__m512bh)_mm512_maskz_loadu_epi32(q0, crow);
                     __m512bh b1 = (__m512bh)_mm512_maskz_loadu_epi32(q1, crow + 16);
