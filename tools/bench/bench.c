@@ -158,7 +158,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: fathom bench <gemm|experts|route|mla|layer|model> [options]\n"
             "  common:  --threads N  --backend NAME (cpu)  --runs N (>= 5, default 7)  --warmup N (1)\n"
-            "           --burst N (calls per timed run, back to back; default 8 for mla, 4 for layer, else 1)\n"
+            "           --burst N (calls per timed run, back to back, each timed; default 8 for mla and route,\n"
+            "           16 for layer, 3 otherwise)\n"
             "           --json  --direct (drive the plugin without the core library)  --bw-mib N (512)\n"
             "           --isa scalar|avx2|avx512|avx512bf16 (cpu kernels; avx512bf16 = bf16 compute)\n"
             "  gemm:    --m M --n N --k K (512 2048 7168)  --dtype f32|bf16|fp8  --act-quant 0|1\n"
@@ -290,7 +291,8 @@ int fm_bench_main(int argc, char **argv) {
      * spinning near a millisecond unless the caller chose otherwise (docs/bench.md). */
     setenv("OPENBLAS_THREAD_TIMEOUT", "21", 0);
     setenv("GOMP_SPINCOUNT", "300000", 0);
-    if (!o.burst) o.burst = !strcmp(o.sub, "mla") ? 8 : !strcmp(o.sub, "layer") ? 16 : 1;
+    if (!o.burst) /* docs/bench.md, Bursts */
+        o.burst = !strcmp(o.sub, "mla") || !strcmp(o.sub, "route") ? 8 : !strcmp(o.sub, "layer") ? 16 : 3;
     if (!strcmp(o.sub, "gemm")) return bench_gemm(&o);
     if (!strcmp(o.sub, "experts")) return bench_experts(&o);
     if (!strcmp(o.sub, "route")) return bench_route(&o);
