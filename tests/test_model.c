@@ -87,12 +87,11 @@ END_TEST
  * cache, at FM_GOLDEN_TOL_BF16_CACHE; naive prefill and absorbed decode. The FP8 case
  * compares its dequant.* outputs: with FP8 activation quantization the cache's
  * rounding moves e4m3 steps and no elementwise tolerance holds (golden.h). */
-START_TEST(golden_case_with_bf16_cache_on_ref) {
-    const char *c = cases[_i];
+static void bf16_cache_case(const char *c, const char *backends) {
     bool fp8 = !strcmp(c, "tiny-fp8");
     char dir[512];
     case_dir(dir, sizeof dir, c);
-    fm_model_options o = {.attn = FM_ATTN_AUTO, .act_quant = fp8 ? 0 : -1, .capture = 1, .backends = "ref",
+    fm_model_options o = {.attn = FM_ATTN_AUTO, .act_quant = fp8 ? 0 : -1, .capture = 1, .backends = backends,
                           .cache_dtype = FM_BF16};
     fm_model *m = NULL;
     ck_assert_msg(fm_model_load(ctx, dir, &o, &m) == FM_OK, "load %s: %s", dir, fm_ctx_error(ctx));
@@ -112,6 +111,12 @@ START_TEST(golden_case_with_bf16_cache_on_ref) {
         ck_assert_msg(fa->compared > 0, "%s: %s: nothing compared", c, fa->name);
     }
     ck_assert_int_eq(r.missing, 0);
+    if (!backends) { /* placed on the cpu backend, not a fallback */
+        int cpu = fm_backend_find(ctx, "cpu");
+        ck_assert_int_ge(cpu, 0);
+        ck_assert_msg(fm_model_op_time(m, FM_OP_MLA_CACHE, cpu).nodes > 0 && fm_model_op_time(m, FM_OP_MLA_ATTN, cpu).nodes > 0,
+                      "%s: the bf16-cache MLA nodes did not run on cpu", c);
+    }
     /* the cache really is bf16: read back bf16-exact, and off the f32 golden by more than f32 noise */
     ck_assert_msg(r.fam[FM_GF_KV].max_err > 1e-4 && r.fam[FM_GF_LOGITS].max_err > 1e-4, "%s: kv %g, logits %g", c,
                   r.fam[FM_GF_KV].max_err, r.fam[FM_GF_LOGITS].max_err);
@@ -127,6 +132,10 @@ START_TEST(golden_case_with_bf16_cache_on_ref) {
     fm_st_close(g);
     fm_model_free(m);
 }
+START_TEST(golden_case_with_bf16_cache_on_ref) { bf16_cache_case(cases[_i], "ref"); }
+END_TEST
+/* the default placement: the cpu backend's mla_cache and mla_attn on a bf16 cache */
+START_TEST(golden_case_with_bf16_cache_on_default_backends) { bf16_cache_case(cases[_i], NULL); }
 END_TEST
 
 START_TEST(bad_cache_dtype_is_named) {
@@ -413,6 +422,7 @@ int main(void) {
     tcase_add_loop_test(tc, golden_case_matches_reference_on_default_backends, 0, 4);
     tcase_add_loop_test(tc, bf16_weights_match_the_same_golden, 0, 3);
     tcase_add_loop_test(tc, golden_case_with_bf16_cache_on_ref, 0, 4);
+    tcase_add_loop_test(tc, golden_case_with_bf16_cache_on_default_backends, 0, 4);
     tcase_add_test(tc, bad_cache_dtype_is_named);
     tcase_add_loop_test(tc, chunked_prefill_equals_one_prefill, 0, 2);
     tcase_add_loop_test(tc, naive_attention_equals_absorbed, 0, 4);
