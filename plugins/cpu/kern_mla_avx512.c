@@ -164,6 +164,8 @@ void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64
             const uint16_t *wd = (const uint16_t *)w->data + r0 * K + c0;
             if (c0 + 256 <= K) {
                 for (int64_t d = 0; d < nrows; d++, wd += K) {
+                    if (c0 == 0) /* the first pass requests whole rows ahead: the next passes read them from L2 */
+                        for (int64_t l = 0; l < K * 2; l += 64) _mm_prefetch((const char *)(wd + 4 * K) + l, _MM_HINT_T1);
                     __m512 qd = _mm512_set1_ps(q[d]);
 #pragma GCC unroll 16
                     for (int i = 0; i < 16; i++)
