@@ -1,13 +1,18 @@
 /* kern_mla_avx512bf16.c - absorbed-MLA decode with vdpbf16ps (bf16-compute mode).
  *
- * The structure of kern_mla_avx512.c, with each block of cache rows converted to
- * bf16 once (nearest even) and reused by every lane (head):
- *   Cb [rows][D/2]     pairs along the row (k, k+1): the scores' broadcast operand;
- *   Cp [rows/2][C]     pairs across two rows (c[2r][j], c[2r+1][j]): P.V's vector operand.
- * q_abs | q_pe is rounded to bf16 once per call, as pairs [D/2][lanes]; P is rounded
+ * The structure of kern_mla_avx512.c on blocks of 128 cache rows, each in bf16 once
+ * and reused by every lane (head):
+ *   Cb [rows][D/2]     pairs along the row (k, k+1): the scores' broadcast operand. A
+ *                      bf16 cache of even row length is this already (read in place);
+ *                      an f32 cache is converted (nearest even), odd rows copied.
+ *   Cp [rows/2][C]     pairs across two rows (c[2r][j], c[2r+1][j]): P.V's vector
+ *                      operand, interleaved with in-lane unpacks (columns of a group
+ *                      of 32 permuted; O follows, see col_of).
+ * q_abs | q_pe is rounded to bf16 once per thread, as pairs [D/2][lanes]; P is rounded
  * to bf16 (the running sum adds the rounded values), as pairs of rows [rows/2][lanes].
  * Scores, the softmax and O accumulate in f32 (vdpbf16ps: two exact products added
- * per lane; the hardware flushes denormals). */
+ * per lane; the hardware flushes denormals). The next block's rows are requested
+ * while a block runs. */
 #include <math.h>
 #include <string.h>
 
@@ -41,7 +46,8 @@ static inline __m512i pairs16(__m512 a, __m512 b, __m512i idx) {
 }
 
 /* S[i][lanes] = q . row i, rows i < nr of ld uint32 pairs each from cb (rows past nr
- * computed on the last row, not stored); pf: the next block's f32 rows to request. */
+ * computed on the last row, not stored); pf: this tile's share of the next block's
+ * rows (rowb bytes each) to request, or NULL. */
 static inline __attribute__((always_inline)) void scores_tile(const uint32_t *cb, int64_t ld, int nr, const uint32_t *Qp,
                                                              int nqv, int64_t D2u, float *S, const char *pf, int64_t rowb) {
     const int nl = nqv * 16;
