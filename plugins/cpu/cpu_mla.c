@@ -183,10 +183,12 @@ static void vdec_task(void *arg, int tid, int nt) {
     vdec_job *v = arg;
     int64_t nl = v->nl;
     void *scr = v->scr + (size_t)tid * v->scr_bytes;
-    /* each chunk is claimed one ahead, so the kernel can request the next one's first rows */
-    int64_t c = atomic_fetch_add_explicit(&v->next, 1, memory_order_relaxed);
-    for (int prep = 1; c < v->nchunks; prep = 0) {
-        int64_t cn = atomic_fetch_add_explicit(&v->next, 1, memory_order_relaxed);
+    for (int prep = 1;; prep = 0) {
+        int64_t c = atomic_fetch_add_explicit(&v->next, 1, memory_order_relaxed);
+        if (c >= v->nchunks) break;
+        /* the chunk this thread will likely take next: its first rows are requested during
+         * this one's last block (a guess: another thread may take it, which costs nothing) */
+        int64_t cn = atomic_load_explicit(&v->next, memory_order_relaxed);
         int64_t k0 = c * v->chunk, k1 = k0 + v->chunk < v->maxn ? k0 + v->chunk : v->maxn;
         float *m = v->part + (size_t)c * v->part_floats, *l = m + nl, *O = l + nl;
         for (int64_t r = 0; r < nl; r++) m[r] = -INFINITY, l[r] = 0.0f;
@@ -195,7 +197,6 @@ static void vdec_task(void *arg, int tid, int nt) {
             cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr, prep, cn < v->nchunks ? cn * v->chunk : -1);
         else
             cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr, prep);
-        c = cn;
     }
 }
 
