@@ -817,7 +817,7 @@ START_TEST(t_mla_attn) {
 }
 END_TEST
 
-/* Decode-sized blocks with several vectors of lanes (token x head rows: 24 and 63),
+/* Decode-sized blocks with several vectors of lanes (token x head rows: 24, 63, 126),
  * per-token causal limits from 0 to the last row, odd live lengths. */
 START_TEST(t_mla_decode_lanes) {
     if (!use_isa(_i)) return;
@@ -827,6 +827,10 @@ START_TEST(t_mla_decode_lanes) {
     mla_case(FM_BF16, 8, p8);
     mla_case(FM_F32, 21, p21);
     mla_case(FM_BF16, 21, p21);
+    int32_t p42[42]; /* 126 rows: eight vectors of lanes, the last one partial */
+    for (int i = 0; i < 42; i++) p42[i] = (int32_t)((i * 263 + 5) % 1100);
+    mla_case(FM_F32, 42, p42);
+    mla_case(FM_BF16, 42, p42);
 }
 END_TEST
 
@@ -836,16 +840,17 @@ END_TEST
 START_TEST(t_mla_bf16_cache) {
     if (!use_isa(_i)) return;
     if (cur_isa == 3) ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK);
-    int32_t p1[1] = {1099}, p3[3] = {0, 700, 1099}, *p40 = malloc(40 * 4);
-    for (int i = 0; i < 40; i++) p40[i] = 1000 + 2 * i;
+    int32_t p1[1] = {1099}, p3[3] = {0, 700, 1099}, *p50 = malloc(50 * 4);
+    for (int i = 0; i < 50; i++) p50[i] = 1000 + 2 * i;
     mla_case_at(FM_BF16, 1, p1, FM_BF16, 40, 8, 1100);  /* decode, even rows */
     mla_case_at(FM_BF16, 3, p3, FM_BF16, 41, 8, 1100);  /* odd rows: copied */
-    mla_case_at(FM_BF16, 40, p40, FM_BF16, 40, 8, 1100); /* prefill: widened */
+    mla_case_at(FM_BF16, 42, p50, FM_BF16, 40, 8, 1100); /* 126 query rows: the decode kernels' 8 vectors of lanes */
+    mla_case_at(FM_BF16, 50, p50, FM_BF16, 40, 8, 1100); /* 150 rows, past the decode kernels: widened */
     mla_case_at(FM_F32, 1, p1, FM_BF16, 40, 8, 1100);
     int32_t q1[1] = {1200};
     mla_case_at(FM_BF16, 1, q1, FM_BF16, 512, 64, 1300);
     mla_case_at(FM_BF16, 1, q1, FM_F32, 512, 64, 1300);
-    free(p40);
+    free(p50);
 }
 END_TEST
 

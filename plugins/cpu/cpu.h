@@ -209,11 +209,12 @@ CPU_HIDDEN fm_status cpu_matmul_node(cpu_state *s, const fm_pl_node *node);
 /* ---- MLA kernels ---- */
 /* Absorbed-MLA decode over one range of cache rows (kern_mla_avx512.c: f32 FMA;
  * kern_mla_avx512bf16.c: vdpbf16ps; avx512bf16 with FATHOM_CPU_MLA_BF16=1). Lanes: query rows
- * (token x head), nl = 16 * nqv of them (nqv <= 4), padded past nq. Per block of
+ * (token x head), nl = 16 * nqv of them (nqv <= 8), padded past nq. Per block of
  * cache rows: scores S[row][lane] as a small GEMM (cache elements broadcast, q
  * transposed), an online softmax in f32 (running max m and sum l per lane, keys
  * past lim[lane] masked), O[lane][C] += P C. m, l, O are the caller's (m = -inf,
  * l = 0, O = 0 before the first range). */
+#define CPU_MLA_DEC_ROWS 128 /* query rows (token x head) a decode block may have: DeepSeek-V3's 128 heads */
 typedef struct cpu_mla_dec {
     int nq, nqv;
     int64_t C, D;            /* latent length, cache row length (C + rope) */

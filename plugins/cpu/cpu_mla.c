@@ -246,7 +246,7 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     v.d = (cpu_mla_dec){.nq = (int)nr, .nqv = (int)((nr + 15) / 16), .C = j->C, .D = j->D, .q = j->qc,
                         .cache = j->cache, .cache16 = j->cache16, .scale = j->p->scale};
     v.nl = (int64_t)v.d.nqv * 16;
-    int32_t lim[64];
+    int32_t lim[CPU_MLA_DEC_ROWS];
     for (int64_t r = 0; r < v.nl; r++) lim[r] = r < nr ? j->pos[j->t0 + r / j->H] : -1;
     v.d.lim = lim;
     size_t ks = v.bf16 ? cpu_mla_dec_scratch_avx512bf16(&v.d) : cpu_mla_dec_scratch_avx512(&v.d);
@@ -267,7 +267,7 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
 
 static fm_status mla_decode(mla_job *j, int64_t nr, int64_t maxn) {
     cpu_state *s = j->s;
-    if ((s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16) && nr <= 64) return mla_decode_vec(j, nr, maxn);
+    if ((s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16) && nr <= CPU_MLA_DEC_ROWS) return mla_decode_vec(j, nr, maxn);
     int nt = cpu_pool_size(s->pool);
     dec_job d = {.j = j, .nr = nr, .maxn = maxn};
     d.part_floats = (size_t)(nr * (2 + j->C + KB2) + 16);
@@ -377,7 +377,7 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
         int64_t rows = 0;
         for (int64_t t = 0; t < T; t++) rows = j.pos[t] + 1 > rows ? j.pos[t] + 1 : rows;
         if (p->mode == FM_MLA_ABSORB && (s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16) &&
-            T * j.H <= 64) {
+            T * j.H <= CPU_MLA_DEC_ROWS) {
             j.cache16 = cache->data;
             j.cache = NULL;
         } else {
@@ -433,7 +433,7 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
                        (size_t)j.R * 4);
         int64_t maxn = 0;
         for (int64_t t = 0; t < j.qn; t++) maxn = j.pos[j.t0 + t] + 1 > maxn ? j.pos[j.t0 + t] + 1 : maxn;
-        if (nr <= 64) { /* decode-sized block */
+        if (nr <= CPU_MLA_DEC_ROWS) { /* decode-sized block */
             fm_status st = mla_decode(&j, nr, maxn);
             if (st != FM_OK) return st;
             cpu_pool_for(s->pool, j.H, out_head, &j);
