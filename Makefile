@@ -90,7 +90,7 @@ $(DEPS_OK): tools/deps
 test: $(DEPS_OK)
 	$(MAKE) all
 	$(MAKE) $(TEST_BIN) $(BAD_SO)
-	FATHOM_BUILD=$(B) tools/run-tests $(TEST_BIN) tests/plugin_guide.sh
+	FATHOM_BUILD=$(B) tools/run-tests $(TEST_BIN) tests/plugin_guide.sh tests/bench_smoke.sh
 
 check: $(DEPS_OK)
 	$(MAKE) B=build/asan OPT='-O1 -g -fno-omit-frame-pointer' SAN='-fsanitize=address,undefined -fno-sanitize-recover=all' test

@@ -297,6 +297,7 @@ int bench_mla(const bench_opts *o) {
     bench_tensor *tcs = xmalloc((size_t)nc * 3 * sizeof *tcs); /* per set: cache, kv_b, cacheT */
     two t = {.n = nc};
     char why[512];
+    bench_tensor *dst[1] = {&ty}; /* kept by every instance (bench_ours_read) */
     if (bench_plugin_open(&t.pl, o, why, sizeof why)) {
         fprintf(stderr, "fathom bench mla: %s\n", why);
         return 1;
@@ -319,7 +320,7 @@ int bench_mla(const bench_opts *o) {
         *tc = (bench_tensor){.name = "cache", .dtype = cdt, .ndim = 2, .ne = {L, D}, .data = cache, .kind = 2};
         *tk = (bench_tensor){.name = "kv_b", .dtype = FM_BF16, .ndim = 2, .ne = {H * (nope + v), C}, .data = kvb, .kind = 1};
         *tcT = (bench_tensor){.name = "cacheT", .dtype = cdt, .ndim = 2, .ne = {C, L}, .data = cT, .kind = 1};
-        bench_tensor *src[4] = {&tq, tc, &tp, tk}, *dst[1] = {&ty};
+        bench_tensor *src[4] = {&tq, tc, &tp, tk};
         if (bench_ours_init_shared(&t.ours[c], c ? t.ours[0] : NULL, o, FM_OP_MLA_ATTN, src, 4, dst, 1, &p, sizeof p, why,
                                    sizeof why)) {
             fprintf(stderr, "fathom bench mla: %s\n", why);
