@@ -59,6 +59,7 @@ run "mla f32 cache" "fraction_of_bf16_probe max_rel_diff_vs_peer" \
     mla --ctx 300 --heads 4 --kv-lora 64 --rope 16 --nope 32 --v 32
 run "mla bf16 cache, sets" "fraction_of_bf16_probe" \
     mla --ctx 300 --heads 4 --kv-lora 64 --rope 16 --nope 32 --v 32 --cache-dtype bf16 --sets 3 --burst 5
+run "mla fp8 kv_b" "fraction_of_bf16_probe" mla --ctx 300 --heads 2 --kv-lora 128 --rope 16 --nope 128 --v 128 --dtype fp8
 run "mla 128 rows, direct" "fraction_of_bf16_probe" \
     mla --ctx 300 --heads 32 --tokens 4 --kv-lora 64 --rope 16 --nope 32 --v 32 --cache-dtype bf16 --direct
 
@@ -83,6 +84,7 @@ refused() {
 }
 refused "cache dtype" "--cache-dtype" mla --cache-dtype f16
 refused "burst range" "--burst" gemm --burst 65
+refused "fp8 kv_b blocks" "--nope" mla --dtype fp8 --nope 64
 refused "unknown option" "--frobnicate" gemm --frobnicate
 
 rm -f /tmp/bench_smoke.$$

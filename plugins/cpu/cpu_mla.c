@@ -242,7 +242,7 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     int nt = cpu_pool_size(s->pool);
     /* bf16 attention is opt-in on top of bf16-compute: the conformance suite holds every
      * level to NMSE 1e-9, which bf16 rounding of the cache does not meet (about 3e-6). */
-    vdec_job v = {.j = j, .maxn = maxn, .bf16 = s->bf16_compute && s->mla_bf16 && j->w.dtype == FM_BF16};
+    vdec_job v = {.j = j, .maxn = maxn, .bf16 = s->bf16_compute && s->mla_bf16 && j->w.dtype != FM_F32};
     v.d = (cpu_mla_dec){.nq = (int)nr, .nqv = (int)((nr + 15) / 16), .C = j->C, .D = j->D, .q = j->qc,
                         .cache = j->cache, .cache16 = j->cache16, .scale = j->p->scale};
     v.nl = (int64_t)v.d.nqv * 16;

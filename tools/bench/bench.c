@@ -168,6 +168,7 @@ static void usage(void) {
             "  route:   --experts E (256) --active k (8) --groups G (8) --topk-groups (4) --tokens T --hidden H\n"
             "  mla:     --heads (16) --kv-lora (512) --rope (64) --nope (128) --v (128) --ctx (4096) --tokens T (1)\n"
             "           --cache-dtype f32|bf16 (f32)  --sets N (data sets rotated; default: enough for 256 MiB)\n"
+            "           --dtype bf16|fp8 (kv_b; bf16)\n"
             "  model:   --model DIR, or a generated checkpoint: --hidden (1024) --layers (4) --dense-layers (1)\n"
             "           --heads (16) --q-lora (384) --kv-lora (256) --rope (32) --nope (64) --v (64) --experts (32)\n"
             "           --inter (352) --shared (1) --dense-inter (2464) --groups (4) --topk-groups (2) --active (6)\n"

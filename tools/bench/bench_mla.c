@@ -36,6 +36,11 @@ static void bf16_fill(uint16_t *d, int64_t n, float amp) {
         d[i] = (uint16_t)(u >> 16);
     }
 }
+static float e4m3v(uint8_t c) {
+    int e = (c >> 3) & 15, m = c & 7;
+    float v = e ? ldexpf((float)(8 + m), e - 10) : ldexpf((float)m, -9);
+    return c & 0x80 ? -v : v;
+}
 static float bf16v(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -266,14 +271,21 @@ int bench_mla(const bench_opts *o) {
     }
     int nt = bench_threads_effective(o);
     bench_report r = {.bench = "mla", .unit = "GFLOP/s", .threads = nt, .runs = o->runs};
-    snprintf(r.shape, sizeof r.shape, "heads=%lld kv_lora=%lld rope=%lld nope=%lld v=%lld ctx=%lld tokens=%lld kv_b=bf16 cache=%s absorb",
+    snprintf(r.shape, sizeof r.shape, "heads=%lld kv_lora=%lld rope=%lld nope=%lld v=%lld ctx=%lld tokens=%lld kv_b=%s cache=%s absorb",
              (long long)H, (long long)C, (long long)R, (long long)nope, (long long)v, (long long)L, (long long)T,
-             o->cache_dtype == FM_BF16 ? "bf16" : "f32");
+             o->dtype == FM_F8_E4M3 ? "fp8" : "bf16", o->cache_dtype == FM_BF16 ? "bf16" : "f32");
     /* data sets: the cache and kv_b (and the composition's copies of them) per set, enough
      * sets that a burst reads from memory, not from the last-level cache */
     const int cdt = o->cache_dtype == FM_BF16 ? FM_BF16 : FM_F32, c16 = cdt == FM_BF16;
+    const int kdt = o->dtype == FM_F8_E4M3 ? FM_F8_E4M3 : FM_BF16, f8 = kdt == FM_F8_E4M3;
+    const int64_t sr = (H * (nope + v) + 127) / 128, sc = (C + 127) / 128;
+    if (f8 && (nope % 128 || v % 128)) {
+        fprintf(stderr, "fathom bench mla: --dtype fp8 needs --nope and --v multiples of 128 (the composition takes each "
+                        "head's W_UV rows with their own rows of 128 x 128 block scales)\n");
+        return 2;
+    }
     const size_t ce = c16 ? 2 : 4;
-    double per_set = (double)(L * D) * 2 * ce + (double)(H * (nope + v) * C) * 2 + (double)(H * C * nope) * 4;
+    double per_set = (double)(L * D) * 2 * ce + (double)(H * (nope + v) * C) * (f8 ? 1 : 2) + (double)(H * C * nope) * 4;
     int nc = (int)((256.0 * 1048576 + per_set - 1) / per_set);
     nc = nc < 1 ? 1 : nc > o->burst ? o->burst : nc > NCOPY ? NCOPY : nc;
     if (o->sets > 0) nc = o->sets < NCOPY ? o->sets : NCOPY; /* --sets 1: every call on the same (cached) data */
@@ -295,6 +307,7 @@ int bench_mla(const bench_opts *o) {
     m0.oh = xmalloc((size_t)(T * v) * 4);
     mla_ctx *ms = xmalloc((size_t)nc * sizeof *ms);
     bench_tensor *tcs = xmalloc((size_t)nc * 3 * sizeof *tcs); /* per set: cache, kv_b, cacheT */
+    bench_tensor *kscale = xmalloc((size_t)nc * sizeof *kscale); /* per set: kv_b's block scales (fp8) */
     two t = {.n = nc};
     char why[512];
     bench_tensor *dst[1] = {&ty}; /* kept by every instance (bench_ours_read) */
@@ -305,7 +318,9 @@ int bench_mla(const bench_opts *o) {
     for (int c = 0; c < nc; c++) {
         /* the cache (and its transpose for the composition) at --cache-dtype */
         void *cache = xmalloc((size_t)(L * D) * ce), *cT = xmalloc((size_t)(C * L) * ce);
-        uint16_t *kvb = xmalloc((size_t)(H * (nope + v) * C) * 2);
+        /* kv_b at --dtype: bf16, or fp8 e4m3 with 128 x 128 block scales (DeepSeek-V3's) */
+        void *kvb = xmalloc((size_t)(H * (nope + v) * C) * (f8 ? 1 : 2));
+        float *kvs = f8 ? xmalloc((size_t)(sr * sc) * 4) : NULL;
         if (c16) {
             bf16_fill(cache, L * D, 1.0f);
             for (int64_t j = 0; j < L; j++)
@@ -315,10 +330,21 @@ int bench_mla(const bench_opts *o) {
             for (int64_t j = 0; j < L; j++)
                 for (int64_t k = 0; k < C; k++) ((float *)cT)[k * L + j] = ((float *)cache)[j * D + k];
         }
-        bf16_fill(kvb, H * (nope + v) * C, 0.05f);
-        bench_tensor *tc = tcs + 3 * c, *tk = tc + 1, *tcT = tc + 2;
+        if (f8) {
+            for (int64_t i = 0; i < sr * sc; i++) kvs[i] = 0x1p-8f * (1.5f + frand());
+            for (int64_t i = 0; i < H * (nope + v) * C; i++) {
+                uint8_t b = (uint8_t)(rng >> 24);
+                (void)frand();
+                ((uint8_t *)kvb)[i] = (b & 0x7f) == 0x7f ? b ^ 1 : b; /* no NaN codes */
+            }
+        } else {
+            bf16_fill(kvb, H * (nope + v) * C, 0.05f);
+        }
+        bench_tensor *tc = tcs + 3 * c, *tk = tc + 1, *tcT = tc + 2, *tks = kscale + c;
         *tc = (bench_tensor){.name = "cache", .dtype = cdt, .ndim = 2, .ne = {L, D}, .data = cache, .kind = 2};
-        *tk = (bench_tensor){.name = "kv_b", .dtype = FM_BF16, .ndim = 2, .ne = {H * (nope + v), C}, .data = kvb, .kind = 1};
+        *tks = (bench_tensor){.name = "kv_b.scale", .dtype = FM_F32, .ndim = 2, .ne = {sr, sc}, .data = kvs, .kind = 1};
+        *tk = (bench_tensor){.name = "kv_b", .dtype = kdt, .ndim = 2, .ne = {H * (nope + v), C}, .data = kvb,
+                             .scale = f8 ? tks : NULL, .kind = 1};
         *tcT = (bench_tensor){.name = "cacheT", .dtype = cdt, .ndim = 2, .ne = {C, L}, .data = cT, .kind = 1};
         bench_tensor *src[4] = {&tq, tc, &tp, tk};
         if (bench_ours_init_shared(&t.ours[c], c ? t.ours[0] : NULL, o, FM_OP_MLA_ATTN, src, 4, dst, 1, &p, sizeof p, why,
@@ -326,18 +352,27 @@ int bench_mla(const bench_opts *o) {
             fprintf(stderr, "fathom bench mla: %s\n", why);
             return 1;
         }
-        /* the composition's weights: W_UK^T per head as [C, nope] f32, W_UV per head as rows of kv_b */
+        /* the composition's weights: W_UK^T per head as [C, nope] f32, W_UV per head as rows of
+         * kv_b (fp8: with its rows of block scales) */
         mla_ctx *m = ms + c;
         *m = m0;
         m->pl = t.pl;
-        m->wuk = xmalloc((size_t)H * sizeof *m->wuk), m->wuv = xmalloc((size_t)H * sizeof *m->wuv);
+        m->wuk = xmalloc((size_t)H * sizeof *m->wuk), m->wuv = xmalloc((size_t)(2 * H) * sizeof *m->wuv);
         float *wukT = xmalloc((size_t)(H * C * nope) * 4);
         for (int64_t h = 0; h < H; h++) {
             for (int64_t d = 0; d < nope; d++)
-                for (int64_t k = 0; k < C; k++) wukT[(h * C + k) * nope + d] = bf16v(kvb[(h * (nope + v) + d) * C + k]);
+                for (int64_t k = 0; k < C; k++) {
+                    int64_t row = h * (nope + v) + d, i = row * C + k;
+                    wukT[(h * C + k) * nope + d] = f8 ? e4m3v(((uint8_t *)kvb)[i]) * kvs[(row / 128) * sc + k / 128]
+                                                      : bf16v(((uint16_t *)kvb)[i]);
+                }
             m->wuk[h] = (bench_tensor){.name = "wuk", .dtype = FM_F32, .ndim = 2, .ne = {C, nope}, .data = wukT + h * C * nope, .kind = 1};
-            m->wuv[h] = (bench_tensor){.name = "wuv", .dtype = FM_BF16, .ndim = 2, .ne = {v, C},
-                                       .data = kvb + (h * (nope + v) + nope) * C, .kind = 1};
+            int64_t r0 = h * (nope + v) + nope;
+            m->wuv[H + h] = (bench_tensor){.name = "wuv.scale", .dtype = FM_F32, .ndim = 2, .ne = {v / 128, sc},
+                                           .data = f8 ? kvs + (r0 / 128) * sc : NULL, .kind = 1};
+            m->wuv[h] = (bench_tensor){.name = "wuv", .dtype = kdt, .ndim = 2, .ne = {v, C},
+                                       .data = (char *)kvb + r0 * C * (f8 ? 1 : 2), .scale = f8 ? &m->wuv[H + h] : NULL,
+                                       .kind = 1};
         }
         m->cache = tc, m->cacheT = tcT;
         t.ctx[c] = m;
@@ -373,11 +408,11 @@ int bench_mla(const bench_opts *o) {
     bench_print(o, &r);
     for (int c = nc - 1; c >= 0; c--) { /* set 0 owns the context the others share */
         bench_ours_free(t.ours[c]);
-        free(tcs[3 * c].data), free(tcs[3 * c + 1].data), free(tcs[3 * c + 2].data);
+        free(tcs[3 * c].data), free(tcs[3 * c + 1].data), free(tcs[3 * c + 2].data), free(kscale[c].data);
         free(ms[c].wuk[0].data), free(ms[c].wuk), free(ms[c].wuv);
     }
     bench_plugin_close(t.pl);
     free(q), free(out), free(pos), free(m0.out), free(m0.qn), free(m0.qa), free(m0.qcat), free(m0.s), free(m0.ol);
-    free(m0.olh), free(m0.oh), free(ms), free(tcs);
+    free(m0.olh), free(m0.oh), free(ms), free(tcs), free(kscale);
     return 0;
 }
