@@ -126,9 +126,8 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
     const int64_t rowb = direct ? D * 2 : D * 4; /* bytes per cache row */
     for (int64_t kb = k0; kb < k1; kb += MLA_KB) {
         const int kn = (int)(k1 - kb < MLA_KB ? k1 - kb : MLA_KB), kn2 = (kn + 1) / 2;
-        /* the next block is requested while the scores run (a line or two per step) */
-        /* the next block is requested while the scores run (a line or two per step):
-         * this range's next, or after its last the first of the caller's next range */
+        /* the block requested while this one runs (scores_tile and P.V below): this
+         * range's next, or after its last the first of the caller's next range */
         int64_t nb = kb + 2 * MLA_KB <= k1 ? kb + MLA_KB : kb + MLA_KB >= k1 && knext >= 0 ? knext : -1;
         const char *nx = nb >= 0 && D2u * 128 >= RT * rowb
                              ? (direct ? (const char *)(d->cache16 + nb * D) : (const char *)(d->cache + nb * D))
