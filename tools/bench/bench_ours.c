@@ -65,9 +65,7 @@ static int init_api(bench_ours *b, const bench_opts *o, int op, bench_tensor *co
     if (!b->ctx && fm_ctx_init(&b->ctx) != FM_OK) return fail(b, "fm_ctx_init failed");
     int bi = fm_backend_find(b->ctx, o->backend);
     fm_backend_info info;
-    if (b->borrowed) {
-        if (fm_backend_info_get(b->ctx, bi, &info) != FM_OK) return fail(b, "backend %s not found", o->backend);
-    } else if (bi < 0 || fm_backend_info_get(b->ctx, bi, &info) != FM_OK)
+    if (bi < 0 || fm_backend_info_get(b->ctx, bi, &info) != FM_OK)
         return fail(b, "backend %s not found (FATHOM_PLUGIN_PATH or plugins/ beside the executable)", o->backend);
     if (info.status != FM_BACKEND_READY) return fail(b, "backend %s not ready: %s", o->backend, info.reason);
     if (o->threads > 0 && !b->borrowed) {
