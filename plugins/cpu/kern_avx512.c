@@ -281,9 +281,36 @@ static void ukr_fp8(int kc, const double *a, const double *b, float *c, int64_t 
 
 /* Few rows, exact: per weight row and 128-block, products in f32 (exact for two
  * e4m3 values) summed in double (exact), then the f32 scaling chain. */
+/* One token, whole blocks: the same operations in the same order, without masks and
+ * with the running sum in a register. */
+static float fp8_row1(const float *xr, const float *xs, const uint8_t *wc, const float *wsr, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < nb; i++, wc += CPU_QB, xr += CPU_QB) {
+        _mm_prefetch((const char *)wc + 4096, _MM_HINT_T0); /* the stream, ahead */
+        _mm_prefetch((const char *)wc + 4096 + 64, _MM_HINT_T0);
+        __m512d d0 = _mm512_setzero_pd(), d1 = _mm512_setzero_pd();
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; q++) {
+            __m512 p = _mm512_mul_ps(_mm512_loadu_ps(xr + 16 * q), e4m3x16(_mm_loadu_si128((const __m128i *)(wc + 16 * q))));
+            d0 = _mm512_add_pd(d0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
+            d1 = _mm512_add_pd(d1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(p, 1)));
+        }
+        double d = _mm512_reduce_add_pd(_mm512_add_pd(d0, d1));
+        float part = (float)d * xs[i];
+        part = part * wsr[i];
+        acc = acc + part;
+    }
+    return acc;
+}
+
 static void gemv_fp8(const float *xv, const float *xs, int T, int64_t K, const cpu_wmat *w, int64_t n0, int64_t n1,
                      float *y, int64_t ldy) {
     int64_t nb = (K + CPU_QB - 1) / CPU_QB;
+    if (T == 1 && K % CPU_QB == 0) {
+        for (int64_t n = n0; n < n1; n++)
+            y[n - n0] = fp8_row1(xv, xs, (const uint8_t *)w->data + n * K, w->scale + (n / CPU_QB) * w->scale_ld, nb);
+        return;
+    }
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *wc = (const uint8_t *)w->data + n * K;
         const float *wsr = w->scale + (n / CPU_QB) * w->scale_ld;
@@ -291,12 +318,16 @@ static void gemv_fp8(const float *xv, const float *xs, int T, int64_t K, const c
         for (int64_t i = 0; i < nb; i++) {
             int64_t k0 = i * CPU_QB;
             int l = K - k0 < CPU_QB ? (int)(K - k0) : CPU_QB;
+            _mm_prefetch((const char *)(wc + k0) + 4096, _MM_HINT_T0); /* the stream, ahead */
+            _mm_prefetch((const char *)(wc + k0) + 4096 + 64, _MM_HINT_T0);
             __m512 wv[8];
+#pragma GCC unroll 8
             for (int q = 0; q < 8; q++)
                 wv[q] = e4m3x16(_mm_maskz_loadu_epi8(m16(l - 16 * q), wc + k0 + 16 * q));
             for (int t = 0; t < T && t < 8; t++) {
                 const float *xr = xv + t * K + k0;
                 __m512d d0 = _mm512_setzero_pd(), d1 = _mm512_setzero_pd();
+#pragma GCC unroll 8
                 for (int q = 0; q < 8; q++) {
                     __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(m16(l - 16 * q), xr + 16 * q), wv[q]);
                     d0 = _mm512_add_pd(d0, _mm512_cvtps_pd(_mm512_castps512_ps256(p)));
