@@ -749,6 +749,8 @@ START_TEST(t_moe_experts) {
 }
 END_TEST
 
+static int mla_bf16_on; /* the test set control mla_bf16=1 (tests fork: one test's setting) */
+
 /* cdt: the cache's dtype (a bf16 cache holds the bf16 rounding of the same values, which
  * the reference reads); C, R, L: latent and rope lengths, cache rows. */
 static void mla_case_at(int dtype, int64_t T, const int32_t *pos, int cdt, int C, int R, int64_t L) {
@@ -798,7 +800,9 @@ static void mla_case_at(int dtype, int64_t T, const int32_t *pos, int cdt, int C
                     r[d] += v, a[d] += fabs(v);
                 }
             }
-            close_to(y + t * NH * V + h * V, r, a, V, cur_isa == 3 && dtype == FM_BF16 ? 2e-2 : 2e-5, "mla_attn");
+            /* bf16-compute rounds bf16 weights' activations; the opt-in bf16 kernel any kv_b's */
+            int bf16 = cur_isa == 3 && (dtype == FM_BF16 || (mla_bf16_on && dtype != FM_F32));
+            close_to(y + t * NH * V + h * V, r, a, V, bf16 ? 2e-2 : 2e-5, "mla_attn");
         }
     wt_free(&kvb);
     free(q), free(cache), free(c16), free(y), free(sc);
@@ -839,7 +843,10 @@ END_TEST
  * 64), which the bf16 kernel's fast score tiles take. */
 START_TEST(t_mla_bf16_cache) {
     if (!use_isa(_i)) return;
-    if (cur_isa == 3) ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK);
+    if (cur_isa == 3) {
+        ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK);
+        mla_bf16_on = 1;
+    }
     int32_t p1[1] = {1099}, p3[3] = {0, 700, 1099}, *p50 = malloc(50 * 4);
     for (int i = 0; i < 50; i++) p50[i] = 1000 + 2 * i;
     mla_case_at(FM_BF16, 1, p1, FM_BF16, 40, 8, 1100);  /* decode, even rows */
@@ -850,6 +857,7 @@ START_TEST(t_mla_bf16_cache) {
     int32_t q1[1] = {1200};
     mla_case_at(FM_BF16, 1, q1, FM_BF16, 512, 64, 1300);
     mla_case_at(FM_BF16, 1, q1, FM_F32, 512, 64, 1300);
+    mla_case_at(FM_F8_E4M3, 1, q1, FM_BF16, 512, 64, 1300); /* fp8 kv_b: q_abs's 256-column fp8 path */
     free(p50);
 }
 END_TEST

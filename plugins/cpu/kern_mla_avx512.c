@@ -180,6 +180,19 @@ void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64
                                                  acc[i]);
                 }
             }
+        } else if (w->dtype == FM_F8_E4M3 && c0 + 256 <= K && w->scale) {
+            /* fp8: the two 128-column blocks' scales folded into the broadcast query */
+            const uint8_t *wd = (const uint8_t *)w->data + r0 * K + c0;
+            for (int64_t d = 0; d < nrows; d++, wd += K) {
+                const float *sr = w->scale + ((r0 + d) / CPU_QB) * w->scale_ld + c0 / CPU_QB;
+                __m512 qa = _mm512_set1_ps(q[d] * sr[0]), qb = _mm512_set1_ps(q[d] * sr[1]);
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++)
+                    acc[i] = _mm512_fmadd_ps(qa, e4m3x16(_mm_loadu_si128((const __m128i *)(wd + 16 * i))), acc[i]);
+#pragma GCC unroll 8
+                for (int i = 8; i < 16; i++)
+                    acc[i] = _mm512_fmadd_ps(qb, e4m3x16(_mm_loadu_si128((const __m128i *)(wd + 16 * i))), acc[i]);
+            }
         } else {
             for (int64_t d = 0; d < nrows; d++) {
                 __m512 qd = _mm512_set1_ps(q[d]);
