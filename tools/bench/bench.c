@@ -123,8 +123,8 @@ void bench_print(const bench_opts *o, const bench_report *r) {
         json_str(r->peer_name);
         printf(", \"ratio\": %.4f, \"unit\": ", r->ratio);
         json_str(r->unit);
-        printf(", \"fma_probe_gflops\": %.6g, \"bf16_probe_gflops\": %.6g, \"bw_probe_gbs\": %.6g", r->fma_f32, r->fma_bf16,
-               r->bw);
+        printf(", \"fma_probe_gflops\": %.6g, \"bf16_probe_gflops\": %.6g, \"bw_probe_gbs\": %.6g, \"bw_probe_interleaved\": %s",
+               r->fma_f32, r->fma_bf16, r->bw, r->bw_interleaved ? "true" : "false");
         printf(", \"threads\": %d, \"runs\": %d, \"burst\": %d, \"backend\": ", r->threads, r->runs, o->burst);
         json_str(o->backend);
         printf(", \"mode\": ");
@@ -150,7 +150,8 @@ void bench_print(const bench_opts *o, const bench_report *r) {
     if (r->extra_text[0]) fputs(r->extra_text, stdout);
     printf("  probe FMA    %10.2f GFLOP/s f32, %.2f GFLOP/s bf16 (vdpbf16ps)%s\n", r->fma_f32, r->fma_bf16,
            r->fma_bf16 > 0 ? "" : " [unavailable]");
-    printf("  probe BW     %10.2f GB/s streaming read\n", r->bw);
+    printf("  probe BW     %10.2f GB/s streaming read%s\n", r->bw,
+           r->bw_interleaved ? " (a contender of the interleaved runs: median of its passes)" : "");
     fflush(stdout);
 }
 

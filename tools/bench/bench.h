@@ -49,6 +49,16 @@ void bench_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 double bench_probe_fma_f32(int threads);   /* GFLOP/s */
 double bench_probe_fma_bf16(int threads);  /* GFLOP/s, vdpbf16ps (2 FLOP per product) */
 double bench_probe_bw(int threads, size_t bytes); /* GB/s */
+/* The bandwidth probe as a contender of bench_interleave (one streaming pass of
+ * n floats on nt threads per call): GB/s = n * 4 / median time. */
+typedef struct bench_bw {
+    float *buf;
+    size_t n;
+    int nt;
+} bench_bw;
+int  bench_bw_open(bench_bw *b, int threads, size_t bytes);
+int  bench_bw_run(void *ctx);
+void bench_bw_close(bench_bw *b);
 /* ISA-specific bodies, called only when cpuid says the ISA is there. */
 double bench_fma_loop_avx512(int64_t iters);    /* seconds for iters x 12 zmm FMAs */
 double bench_bf16_loop_avx512bf16(int64_t iters);
@@ -125,6 +135,7 @@ typedef struct bench_report {
     const char *peer_name;
     double ratio;
     double fma_f32, fma_bf16, bw;
+    int bw_interleaved;       /* bw: the probe ran among the contenders' runs (median), not before them */
     int threads, runs;
     const char *mode;         /* api / plugin */
     const char *device;

@@ -104,6 +104,25 @@ double bench_probe_fma_bf16(int nt) {
     return it * 12.0 * 64 * nt / run_threads(nt, 1, it, NULL, 0, 3) * 1e-9;
 }
 
+/* The bandwidth probe as a contender of bench_interleave: one pass per call. */
+int bench_bw_open(bench_bw *b, int threads, size_t bytes) {
+    b->nt = threads > 0 ? threads : 1;
+    b->n = bytes / sizeof(float);
+    b->n -= b->n % ((size_t)b->nt * 64);
+    b->buf = NULL;
+    if (posix_memalign((void **)&b->buf, 4096, b->n * sizeof(float))) return -1;
+    for (size_t i = 0; i < b->n; i++) b->buf[i] = (float)(i & 7); /* touch every page */
+    return 0;
+}
+int bench_bw_run(void *ctx) {
+    bench_bw *b = ctx;
+    return run_threads(b->nt, 3, 0, b->buf, b->n / (size_t)b->nt, 1) > 0 ? 0 : -1;
+}
+void bench_bw_close(bench_bw *b) {
+    free(b->buf);
+    b->buf = NULL;
+}
+
 double bench_probe_bw(int nt, size_t bytes) {
     size_t n = bytes / sizeof(float);
     n -= n % ((size_t)nt * 64);
