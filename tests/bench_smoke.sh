@@ -57,7 +57,7 @@ run "route" "ids_differing" route --experts 16 --active 4 --groups 4 --topk-grou
 run "layer" "weight_gbs fraction_of_bw_probe bw_probe_interleaved" layer --experts 8 --active 2 --hidden 128 --inter 64 --burst 4
 run "mla f32 cache" "fraction_of_bf16_probe max_rel_diff_vs_peer" \
     mla --ctx 300 --heads 4 --kv-lora 64 --rope 16 --nope 32 --v 32
-run "mla bf16 cache, sets" "fraction_of_bf16_probe" \
+run "mla bf16 cache, sets" "fraction_of_bf16_probe ours_cached_gflops sets" \
     mla --ctx 300 --heads 4 --kv-lora 64 --rope 16 --nope 32 --v 32 --cache-dtype bf16 --sets 3 --burst 5
 run "mla fp8 kv_b" "fraction_of_bf16_probe" mla --ctx 300 --heads 2 --kv-lora 128 --rope 16 --nope 128 --v 128 --dtype fp8
 run "mla 128 rows, direct" "fraction_of_bf16_probe" \
