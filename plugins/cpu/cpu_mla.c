@@ -383,11 +383,9 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
         } else {
             float *wide = cpu_scratch_slot(s, 2, (size_t)(rows * j.D) * 4);
             if (!wide) return cpu_fail(s, FM_ENOMEM, "mla_attn '%s': out of memory (bf16 cache widened)", nd->name);
-            const uint16_t *c16 = cache->data;
-            for (int64_t i = 0; i < rows * j.D; i++) {
-                uint32_t u = (uint32_t)c16[i] << 16;
-                memcpy(wide + i, &u, 4);
-            }
+            cpu_wmat cw;
+            cpu_wmat_from(cache, &cw); /* the cache's rows decoded as a weight's (exact for bf16) */
+            for (int64_t r = 0; r < rows; r++) cpu_w_row(&cw, r, 0, (int)j.D, wide + r * j.D);
             j.cache = wide;
         }
     }

@@ -1,4 +1,5 @@
 /* bench.c - `fathom bench`: options, the interleaved protocol, probes and the report. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,12 @@ void bench_progress(const char *fmt, ...) {
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+}
+
+float bench_e4m3(uint8_t c) {
+    int e = (c >> 3) & 15, m = c & 7;
+    float v = e ? ldexpf((float)(8 + m), e - 10) : ldexpf((float)m, -9);
+    return c & 0x80 ? -v : v;
 }
 
 int bench_threads_effective(const bench_opts *o) {

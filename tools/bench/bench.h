@@ -38,6 +38,8 @@ typedef struct bench_opts {
     int prompt_len, decode, layers, dense_layers, q_lora, vocab, shared, dense_inter;
 } bench_opts;
 
+/* The value of an e4m3 code (no NaN handling: the benches never write 0x7f or 0xff). */
+float bench_e4m3(uint8_t c);
 /* Monotonic time in seconds. */
 double bench_now(void);
 /* Median of n values (sorts a copy). */

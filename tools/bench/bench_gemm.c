@@ -15,12 +15,6 @@ static float frand(void) {
     return (float)((double)(rng >> 11) * 0x1p-52 - 1.0);
 }
 
-static float e4m3_value(uint8_t c) {
-    int e = (c >> 3) & 15, m = c & 7;
-    float v = e ? ldexpf((float)(8 + m), e - 10) : ldexpf((float)m, -9);
-    return c & 0x80 ? -v : v;
-}
-
 /* Random weights of dtype dt plus their f32 values (what the peer multiplies). */
 static int make_weights(int dt, int64_t n, int64_t k, void **data, float **scale, float **f32) {
     size_t es = dt == FM_F32 ? 4 : dt == FM_F8_E4M3 ? 1 : 2;
@@ -63,7 +57,7 @@ static int make_weights(int dt, int64_t n, int64_t k, void **data, float **scale
             uint8_t c = (uint8_t)(rng >> 24);
             if ((c & 0x7f) == 0x7f) c ^= 1;
             ((uint8_t *)*data)[i] = c;
-            (*f32)[i] = e4m3_value(c) * (*scale)[(i / k / 128) * sc + (i % k) / 128];
+            (*f32)[i] = bench_e4m3(c) * (*scale)[(i / k / 128) * sc + (i % k) / 128];
             break;
         }
         }

@@ -38,12 +38,6 @@ static double urand(void) {
 }
 static float frand(void) { return (float)(2 * urand() - 1); }
 
-static float e4m3_value(uint8_t c) {
-    int e = (c >> 3) & 15, m = c & 7;
-    float v = e ? ldexpf((float)(8 + m), e - 10) : ldexpf((float)m, -9);
-    return c & 0x80 ? -v : v;
-}
-
 /* Whether --dtype is on the command line (bench_opts defaults it to f32 for every
  * subcommand; this one defaults to bf16). */
 static int dtype_given(void) {
@@ -91,7 +85,7 @@ static int lw_make(lw *w, int dt, int64_t n, int64_t k, float amp) {
             uint8_t c = (uint8_t)(rng >> 24);
             if ((c & 0x7f) == 0x7f) c ^= 1;
             ((uint8_t *)w->data)[i] = c;
-            w->f[i] = e4m3_value(c) * w->scale[(i / k / 128) * sc + (i % k) / 128];
+            w->f[i] = bench_e4m3(c) * w->scale[(i / k / 128) * sc + (i % k) / 128];
             break;
         }
         default: /* bf16 (f16 is not offered: bf16 bits) */

@@ -36,11 +36,6 @@ static void bf16_fill(uint16_t *d, int64_t n, float amp) {
         d[i] = (uint16_t)(u >> 16);
     }
 }
-static float e4m3v(uint8_t c) {
-    int e = (c >> 3) & 15, m = c & 7;
-    float v = e ? ldexpf((float)(8 + m), e - 10) : ldexpf((float)m, -9);
-    return c & 0x80 ? -v : v;
-}
 static float bf16v(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
@@ -369,7 +364,7 @@ int bench_mla(const bench_opts *o) {
             for (int64_t d = 0; d < nope; d++)
                 for (int64_t k = 0; k < C; k++) {
                     int64_t row = h * (nope + v) + d, i = row * C + k;
-                    wukT[(h * C + k) * nope + d] = f8 ? e4m3v(((uint8_t *)kvb)[i]) * kvs[(row / 128) * sc + k / 128]
+                    wukT[(h * C + k) * nope + d] = f8 ? bench_e4m3(((uint8_t *)kvb)[i]) * kvs[(row / 128) * sc + k / 128]
                                                       : bf16v(((uint16_t *)kvb)[i]);
                 }
             m->wuk[h] = (bench_tensor){.name = "wuk", .dtype = FM_F32, .ndim = 2, .ne = {C, nope}, .data = wukT + h * C * nope, .kind = 1};

@@ -23,12 +23,6 @@ static double urand(void) {
 }
 static float frand(void) { return (float)(2 * urand() - 1); }
 
-static float e4m3_value(uint8_t c) {
-    int e = (c >> 3) & 15, m = c & 7;
-    float v = e ? ldexpf((float)(8 + m), e - 10) : ldexpf((float)m, -9);
-    return c & 0x80 ? -v : v;
-}
-
 /* One weight [n, k] of dtype dt plus its f32 values; fp8 gets scales. */
 typedef struct bw { bench_tensor t, s; float *f; } bw;
 static int make_w(bw *w, int dt, int64_t n, int64_t k, const char *name, float amp) {
@@ -65,7 +59,7 @@ static int make_w(bw *w, int dt, int64_t n, int64_t k, const char *name, float a
                 u &= 0xffff0000u;
                 memcpy(&w->f[i], &u, 4);
             } else {
-                ((uint8_t *)w->t.data)[i] = c, w->f[i] = e4m3_value(c) * (amp / 64);
+                ((uint8_t *)w->t.data)[i] = c, w->f[i] = bench_e4m3(c) * (amp / 64);
             }
         }
         }
