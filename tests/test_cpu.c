@@ -858,6 +858,8 @@ START_TEST(t_mla_bf16_cache) {
     mla_case_at(FM_BF16, 1, q1, FM_BF16, 512, 64, 1300);
     mla_case_at(FM_BF16, 1, q1, FM_F32, 512, 64, 1300);
     mla_case_at(FM_F8_E4M3, 1, q1, FM_BF16, 512, 64, 1300); /* fp8 kv_b: q_abs's 256-column fp8 path */
+    int32_t q2[2] = {3299, 2500}; /* decode chunks past the threads' first ones: taken from the counter */
+    mla_case_at(FM_BF16, 2, q2, FM_BF16, 512, 64, 3300);
     free(p50);
 }
 END_TEST

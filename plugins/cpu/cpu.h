@@ -226,14 +226,23 @@ typedef struct cpu_mla_dec {
 } cpu_mla_dec;
 /* The decode kernels: cache rows [k0, k1) into the running m, l, O of lanes (rows of
  * O: nq). prep: first call on this scratch (the queries are laid out in it; later
- * calls with prep 0 reuse them). knext: the first row of the caller's next range
- * (its first block is requested during this range's last), or -1. */
+ * calls with prep 0 reuse them). */
 CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512(const cpu_mla_dec *d);
 CPU_HIDDEN void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
                                    void *scratch, int prep);
+/* What the bf16 kernel requests from memory while it runs, besides its own next block:
+ * knext, the first row of the caller's next range (its first block, during this
+ * range's last), or -1; and a side stream spread over the whole call (the W_UV rows
+ * the thread projects afterwards): side_n spans of side_bytes, side_pitch apart. */
+typedef struct cpu_mla_pf {
+    int64_t knext;
+    const char *side;
+    int64_t side_bytes, side_pitch;
+    int side_n;
+} cpu_mla_pf;
 CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512bf16(const cpu_mla_dec *d);
 CPU_HIDDEN void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
-                                       void *scratch, int prep, int64_t knext);
+                                       void *scratch, int prep, const cpu_mla_pf *pf);
 /* Online-softmax step of one block (kern_mla_avx512.c, shared by both): S[kn][nl]
  * scores of rows kb.., scaled and masked in place into p = exp(s - m_new); m, l
  * updated; corr[nl] = exp(m_old - m_new). round_bf16: p rounded to bf16 (l sums

@@ -9,7 +9,9 @@
  * O += P C - and finally out = W_UV o_lat per head. Memory is O(rows x (KB +
  * kv_lora)), independent of the context length; the cache is read once per
  * query block. Decode-sized blocks on the AVX-512 levels run the kernels of
- * kern_mla_*.c (mla_decode_vec): cache rows split across threads, merged after. */
+ * kern_mla_*.c (mla_decode_vec): cache rows split across threads in chunks, each
+ * with its own partial result; the thread that projects a head merges that head's
+ * rows (out_head), with W_UV requested during the attention. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -51,6 +53,10 @@ typedef struct mla_job {
     char *tscr;
     size_t per_thread;
     int64_t kb0, kn;          /* the key block */
+    const float *part;        /* a decode block's partial attention: np parts (merge_row) */
+    size_t part_floats;
+    int64_t part_nl;
+    int np;
 } mla_job;
 
 /* q_abs of every token of the block for head h, streaming its nope kv_b rows. */
@@ -162,10 +168,10 @@ static void dec_task(void *arg, int tid, int nt) {
 }
 
 /* AVX-512 levels: the blocked kernels of kern_mla_*.c (lanes = rows in vectors of 16).
- * The cache rows go in chunks taken from a shared counter, so a thread that starts
- * late (a worker waking up) or is preempted takes fewer. Each chunk has its own
- * running max, sum and output, merged afterwards in chunk order: the result does
- * not depend on which thread took which chunk. */
+ * Thread t starts on chunk t of the cache rows; later chunks are taken from a shared
+ * counter, so a thread that starts late (a worker waking up) or is preempted takes
+ * fewer. Each chunk has its own running max, sum and output, merged afterwards in
+ * chunk order: the result does not depend on which thread took which chunk. */
 typedef struct vdec_job {
     const mla_job *j;
     cpu_mla_dec d;
@@ -179,62 +185,61 @@ typedef struct vdec_job {
 } vdec_job;
 
 static void vdec_task(void *arg, int tid, int nt) {
-    (void)nt;
     vdec_job *v = arg;
+    const mla_job *j = v->j;
     int64_t nl = v->nl;
     void *scr = v->scr + (size_t)tid * v->scr_bytes;
-    for (int prep = 1;; prep = 0) {
-        int64_t c = atomic_fetch_add_explicit(&v->next, 1, memory_order_relaxed);
-        if (c >= v->nchunks) break;
-        /* the chunk this thread will likely take next: its first rows are requested during
-         * this one's last block (a guess: another thread may take it, which costs nothing) */
-        int64_t cn = atomic_load_explicit(&v->next, memory_order_relaxed);
+    /* the W_UV rows of the heads this thread projects afterwards (out_task), a share
+     * with each of the chunks it expects to take */
+    const int64_t per = (v->nchunks + nt - 1) / nt, h0 = tid * j->H / nt, hn = (tid + 1) * j->H / nt - h0;
+    const int64_t es = j->w.dtype == FM_F8_E4M3 ? 1 : 2, pitch = (j->nope + j->v) * j->C * es;
+    /* chunk tid first, then each next one claimed when the previous starts, so its
+     * first rows can be requested during the previous one's last block */
+    for (int64_t c = tid, i = 0; c < v->nchunks; i++) {
+        int64_t cn = atomic_fetch_add_explicit(&v->next, 1, memory_order_relaxed);
+        cn = cn < v->nchunks ? cn : -1;
         int64_t k0 = c * v->chunk, k1 = k0 + v->chunk < v->maxn ? k0 + v->chunk : v->maxn;
         float *m = v->part + (size_t)c * v->part_floats, *l = m + nl, *O = l + nl;
         for (int64_t r = 0; r < nl; r++) m[r] = -INFINITY, l[r] = 0.0f;
-        memset(O, 0, (size_t)(nl * v->j->C) * 4);
-        if (v->bf16)
-            cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr, prep, cn < v->nchunks ? cn * v->chunk : -1);
-        else
-            cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr, prep);
+        memset(O, 0, (size_t)(nl * j->C) * 4);
+        if (v->bf16) {
+            int64_t a = i < per ? hn * i / per : hn, b = i < per ? hn * (i + 1) / per : hn;
+            cpu_mla_pf pf = {.knext = cn >= 0 ? cn * v->chunk : -1, .side_n = (int)(b - a), .side_pitch = pitch,
+                             .side_bytes = j->v * j->C * es,
+                             .side = (const char *)j->w.data + ((h0 + a) * (j->nope + j->v) + j->nope) * j->C * es};
+            cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr, i == 0, &pf);
+        } else {
+            cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr, i == 0);
+        }
+        if (cn < 0) break;
+        c = cn;
     }
 }
 
-/* Merges partial attention (per thread or per chunk): each of np parts holds, per query
- * row, its running max (nl floats), its running sum (nl floats), then nr rows of C
- * unnormalised outputs. O = sum_t exp(m_t - M) O_t / sum_t exp(m_t - M) l_t, in part
- * order; split across threads by rows and blocks of 128 columns. */
-typedef struct merge_job {
-    const mla_job *j;
-    const float *part;
-    size_t part_floats;
-    int64_t nl, ncb;
-    int np;
-} merge_job;
-
-static void merge_item(void *arg, int64_t it, int tid) {
-    (void)tid;
-    const merge_job *g = arg;
-    const mla_job *j = g->j;
-    int64_t r = it / g->ncb, c0 = it % g->ncb * 128, cn = j->C - c0 < 128 ? j->C - c0 : 128;
+/* Merges row r of the partial attention (per thread or per chunk) into O: each of np
+ * parts holds, per query row, its running max (nl floats), its running sum (nl
+ * floats), then rows of C unnormalised outputs. O = sum_t exp(m_t - M) O_t / sum_t
+ * exp(m_t - M) l_t, in part order. The parts were written by other threads: their
+ * rows are all requested first. */
+static void merge_row(const mla_job *j, int64_t r) {
+    const float *part = j->part;
+    const size_t pf = j->part_floats;
+    const int64_t nl = j->part_nl, C = j->C;
+    for (int t = 0; t < j->np; t++)
+        for (int64_t c = 0; c < C; c += 16) __builtin_prefetch(part + t * pf + 2 * nl + r * C + c);
     float M = -INFINITY, L = 0.0f;
-    for (int t = 0; t < g->np; t++) M = g->part[t * g->part_floats + r] > M ? g->part[t * g->part_floats + r] : M;
-    for (int t = 0; t < g->np; t++) {
-        const float *pm = g->part + t * g->part_floats;
-        if (pm[r] != -INFINITY) L += pm[g->nl + r] * expf(pm[r] - M);
+    for (int t = 0; t < j->np; t++) M = part[t * pf + r] > M ? part[t * pf + r] : M;
+    for (int t = 0; t < j->np; t++) {
+        const float *pm = part + t * pf;
+        if (pm[r] != -INFINITY) L += pm[nl + r] * expf(pm[r] - M);
     }
-    float *o = j->O + r * j->C + c0;
-    memset(o, 0, (size_t)cn * 4);
-    for (int t = 0; t < g->np; t++) {
-        const float *pm = g->part + t * g->part_floats;
+    float *o = j->O + r * C;
+    memset(o, 0, (size_t)C * 4);
+    for (int t = 0; t < j->np; t++) {
+        const float *pm = part + t * pf;
         if (pm[r] == -INFINITY) continue;
-        j->s->k->axpy(expf(pm[r] - M) / L, pm + 2 * g->nl + r * j->C + c0, o, cn);
+        j->s->k->axpy(expf(pm[r] - M) / L, pm + 2 * nl + r * C, o, C);
     }
-}
-
-static void merge_parts(const mla_job *j, const float *part, size_t part_floats, int64_t nl, int64_t nr, int np) {
-    merge_job g = {.j = j, .part = part, .part_floats = part_floats, .nl = nl, .ncb = (j->C + 127) / 128, .np = np};
-    cpu_pool_for(nr * g.ncb >= 4 ? j->s->pool : NULL, nr * g.ncb, merge_item, &g);
 }
 
 static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
@@ -250,9 +255,10 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     for (int64_t r = 0; r < v.nl; r++) lim[r] = r < nr ? j->pos[j->t0 + r / j->H] : -1;
     v.d.lim = lim;
     size_t ks = v.bf16 ? cpu_mla_dec_scratch_avx512bf16(&v.d) : cpu_mla_dec_scratch_avx512(&v.d);
-    /* chunks of 512 rows or more, at most 8 per thread */
+    /* chunks of 1024 rows or more, at most 8 per thread (each chunk's partial output is
+     * read again by the merge, from another core's cache half the time) */
     v.chunk = (maxn + 8 * nt - 1) / (8 * nt);
-    v.chunk = v.chunk < 512 ? 512 : (v.chunk + 63) & ~(int64_t)63;
+    v.chunk = v.chunk < 1024 ? 1024 : (v.chunk + 63) & ~(int64_t)63;
     v.nchunks = (maxn + v.chunk - 1) / v.chunk;
     v.part_floats = ((size_t)(v.nl * (2 + j->C)) + 15) & ~(size_t)15;
     v.scr_bytes = (ks + 127) & ~(size_t)63;
@@ -260,8 +266,9 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
     v.part = (float *)buf;
     v.scr = buf + v.part_floats * (size_t)v.nchunks * 4;
+    atomic_store(&v.next, nt);
     cpu_pool_run(s->pool, vdec_task, &v);
-    merge_parts(j, v.part, v.part_floats, v.nl, nr, (int)v.nchunks);
+    j->part = v.part, j->part_floats = v.part_floats, j->part_nl = v.nl, j->np = (int)v.nchunks;
     return FM_OK;
 }
 
@@ -274,15 +281,24 @@ static fm_status mla_decode(mla_job *j, int64_t nr, int64_t maxn) {
     d.part = cpu_scratch(s, d.part_floats * (size_t)nt * 4);
     if (!d.part) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
     cpu_pool_run(s->pool, dec_task, &d);
-    merge_parts(j, d.part, d.part_floats, nr, nr, nt);
+    j->part = d.part, j->part_floats = d.part_floats, j->part_nl = nr, j->np = nt;
     return FM_OK;
 }
 
+/* out = W_UV o_lat for head h (a decode block: its rows of o_lat merged first) */
 static void out_head(void *arg, int64_t h, int tid) {
     const mla_job *j = arg;
+    for (int64_t t = 0; t < j->qn && j->np; t++) merge_row(j, t * j->H + h);
     int64_t n0 = h * (j->nope + j->v) + j->nope;
     cpu_matmul_serial(j->s, j->O + h * j->C, j->qn, j->H * j->C, &j->w, n0, n0 + j->v, 0, NULL, NULL,
                       j->out + j->t0 * j->H * j->v + h * j->v, j->H * j->v, j->tscr + (size_t)tid * j->per_thread);
+}
+
+/* A decode block's output: heads split evenly, thread t taking the t-th share (so the
+ * attention can request that share's W_UV rows beforehand). */
+static void out_task(void *arg, int tid, int nt) {
+    for (int64_t h = tid * ((const mla_job *)arg)->H / nt, e = (tid + 1) * ((const mla_job *)arg)->H / nt; h < e; h++)
+        out_head(arg, h, tid);
 }
 
 /* ---- naive form: per head, k_nope | v of every cache row in use through kv_b as a
@@ -434,9 +450,10 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
         if (nr <= CPU_MLA_DEC_ROWS) { /* decode-sized block */
             fm_status st = mla_decode(&j, nr, maxn);
             if (st != FM_OK) return st;
-            cpu_pool_for(s->pool, j.H, out_head, &j);
+            cpu_pool_run(s->pool, out_task, &j); /* merge and project */
             continue;
         }
+        j.np = 0;
         for (int64_t r = 0; r < nr; r++) j.m[r] = -INFINITY, j.l[r] = 0.0f;
         memset(j.O, 0, (size_t)(nr * j.C) * 4);
         for (j.kb0 = 0; j.kb0 < maxn; j.kb0 += KB) {

@@ -5,9 +5,9 @@
  *   Cb [rows][D/2]     pairs along the row (k, k+1): the scores' broadcast operand. A
  *                      bf16 cache of even row length is this already (read in place);
  *                      an f32 cache is converted (nearest even), odd rows copied.
- *   Cp [rows/2][C]     pairs across two rows (c[2r][j], c[2r+1][j]): P.V's vector
- *                      operand, interleaved with in-lane unpacks (columns of a group
- *                      of 32 permuted; O follows, see col_of).
+ * P.V's vector operand, pairs across two rows (c[2r][j], c[2r+1][j]), is made in
+ * registers from the block's rows by one in-lane unpack per row pair and 16 columns
+ * (the columns of a group of 32 permuted; O follows, see col_of).
  * q_abs | q_pe is rounded to bf16 once per thread, as pairs [D/2][lanes]; P is rounded
  * to bf16 (the running sum adds the rounded values), as pairs of rows [rows/2][lanes].
  * Scores, the softmax and O accumulate in f32 (vdpbf16ps: two exact products added
@@ -20,13 +20,12 @@
 
 #define MLA_KB 128 /* cache rows per block (even) */
 #define RT 16
-#define LT 8
 
 static inline int64_t pad16(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
 size_t cpu_mla_dec_scratch_avx512bf16(const cpu_mla_dec *d) {
-    size_t nl = (size_t)d->nqv * 16, D2 = (size_t)pad16((d->D + 1) / 2), C = (size_t)pad16(d->C);
-    return (D2 * nl + MLA_KB * D2 + MLA_KB / 2 * C + MLA_KB * nl + MLA_KB / 2 * nl + nl + 64) * 4;
+    size_t nl = (size_t)d->nqv * 16, D2 = (size_t)pad16((d->D + 1) / 2);
+    return (D2 * nl + MLA_KB * D2 + MLA_KB * nl + MLA_KB / 2 * nl + nl + 64) * 4;
 }
 
 /* acc += pairs(b) . pairs(broadcast *p), the broadcast embedded in vdpbf16ps (the
@@ -75,7 +74,7 @@ static inline __attribute__((always_inline)) void scores_tile(const uint32_t *cb
     }
 }
 
-/* Columns of a whole group of 32 in Cp after the unpacks: position p holds column
+/* Columns of a whole group of 32 after the unpacks: position p holds column
  * col_of(p) (unpacklo: 0-3 8-11 16-19 24-27, unpackhi: 4-7 12-15 20-23 28-31). O's
  * whole groups are kept in that order inside the kernel: perm_o(.., 1) puts them in
  * it on entry, perm_o(.., 0) back in column order on exit. */
@@ -96,19 +95,60 @@ static void perm_o(float *O, int nq, int64_t C, int to_unpacked) {
         }
 }
 
+/* P.V for 16 columns from c (col_of order inside a whole group of 32, in order in a
+ * partial one; cw = columns left in the row from c) of nh <= 16 lanes: O = O corr +
+ * sum over row pairs r2 of (c[2r2][j], c[2r2+1][j]) . P pair of lane i, the pairs made
+ * from the block's rows by one shuffle per row pair. Two streams are requested
+ * meanwhile, a line from p2 and one from p3 a row pair, stepping ps2 and ps3 bytes.
+ * Returns p2 advanced. */
+static inline __attribute__((always_inline)) const char *pv_tile(const uint32_t *cb, int64_t ld, int kn,
+                                                                const uint32_t *Pp, int nl, float *O, int64_t C,
+                                                                int nh, const float *corr, int64_t c, int cw,
+                                                                const char *p2, int64_t ps2, const char *p3, int64_t ps3) {
+    __m512 acc[16];
+    const int g0 = (int)(c & ~(int64_t)31), hi = (int)(c & 16), whole = cw + (c & 16) >= 32;
+    const __mmask16 om = m16(cw);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(om, O + (int64_t)(i < nh ? i : 0) * C), _mm512_set1_ps(corr[i]));
+    const uint32_t *r = cb + g0 / 2;
+    const __mmask16 lm = m16((cw + hi + 1) / 2);
+    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37,
+                                         5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i ix = hi ? _mm512_add_epi16(ilo, _mm512_set1_epi16(16)) : ilo;
+    int r2 = 0;
+    for (; 2 * r2 + 1 < kn; r2++, r += 2 * ld, p2 += ps2, p3 += ps3) {
+        _mm_prefetch(p2, _MM_HINT_T1);
+        _mm_prefetch(p3, _MM_HINT_T1);
+        __m512i va = _mm512_maskz_loadu_epi32(lm, r), vb = _mm512_maskz_loadu_epi32(lm, r + ld);
+        __m512bh u = (__m512bh)(whole ? (hi ? _mm512_unpackhi_epi16(va, vb) : _mm512_unpacklo_epi16(va, vb))
+                                      : _mm512_permutex2var_epi16(va, ix, vb));
+        const uint32_t *pr = Pp + r2 * nl;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) acc[i] = dp_bcst(acc[i], u, pr + i);
+    }
+    if (r2 * 2 < kn) { /* the odd last row, paired with zeros */
+        __m512i va = _mm512_maskz_loadu_epi32(lm, r), vb = _mm512_setzero_si512();
+        __m512bh u = (__m512bh)(whole ? (hi ? _mm512_unpackhi_epi16(va, vb) : _mm512_unpacklo_epi16(va, vb))
+                                      : _mm512_permutex2var_epi16(va, ix, vb));
+        const uint32_t *pr = Pp + r2 * nl;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) acc[i] = dp_bcst(acc[i], u, pr + i);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        if (i < nh) _mm512_mask_storeu_ps(O + (int64_t)i * C, om, acc[i]);
+    return p2;
+}
+
 void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
-                            void *scratch, int prep, int64_t knext) {
+                            void *scratch, int prep, const cpu_mla_pf *pf) {
     const int nqv = d->nqv, nl = nqv * 16, nq = d->nq;
-    const int64_t D = d->D, C = d->C, D2 = pad16((D + 1) / 2), D2u = (D + 1) / 2, ldp = pad16(C);
-    uint32_t *Qp = scratch, *Cb = Qp + D2 * nl, *Cp = Cb + MLA_KB * D2;
-    float *S = (float *)(Cp + MLA_KB / 2 * ldp);
+    const int64_t D = d->D, C = d->C, D2 = pad16((D + 1) / 2), D2u = (D + 1) / 2;
+    uint32_t *Qp = scratch, *Cb = Qp + D2 * nl;
+    float *S = (float *)(Cb + MLA_KB * D2);
     uint32_t *Pp = (uint32_t *)(S + MLA_KB * nl);
     float *corr = (float *)(Pp + MLA_KB / 2 * nl);
     const __m512i idx = interleave_idx();
-    /* a, b: 32 bf16 of two rows -> pairs (a[j], b[j]) for j < 16 (ilo) and j >= 16 (ihi) */
-    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37,
-                                         5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-    const __m512i ihi = _mm512_add_epi16(ilo, _mm512_set1_epi16(16));
     /* Qp[k2][lane]: each lane's row rounded in vectors (into the Cb scratch), then spread */
     for (int i = 0; i < nl && prep; i++) {
         uint32_t *row = Cb;
@@ -124,6 +164,14 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
     /* a bf16 cache of even row length is read in place (rows of D / 2 pairs) */
     const int direct = d->cache16 && D % 2 == 0;
     const int64_t rowb = direct ? D * 2 : D * 4; /* bytes per cache row */
+    const int64_t knext = pf ? pf->knext : -1;
+    /* the side stream, spread over every P.V step of the call (p3 in pv_tile): span si,
+     * offset so */
+    int64_t si = 0, so = 0, ps3 = 0;
+    if (pf && pf->side && pf->side_n > 0 && pf->side_bytes > 0) {
+        int64_t steps = (int64_t)((nq + 15) / 16) * ((C + 15) / 16) * ((k1 - k0 + 1) / 2);
+        ps3 = steps > 0 ? (pf->side_n * pf->side_bytes + steps - 1) / steps : 0;
+    }
     for (int64_t kb = k0; kb < k1; kb += MLA_KB) {
         const int kn = (int)(k1 - kb < MLA_KB ? k1 - kb : MLA_KB), kn2 = (kn + 1) / 2;
         /* the block requested while this one runs (scores_tile and P.V below): this
@@ -161,27 +209,6 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
                 }
             }
         }
-        /* Cp: two rows' latent parts interleaved. Whole groups of 32 columns with the
-         * in-lane unpacks (cheap), which leave the columns of a group in the order
-         * of col_of (O is kept in that order, see perm_o); a partial group in order */
-        for (int r2 = 0; r2 < kn2; r2++) {
-            const uint32_t *ra = cbk + 2 * r2 * ld, *rb = ra + ld;
-            int hasb = 2 * r2 + 1 < kn;
-            uint32_t *dst = Cp + r2 * ldp;
-            int64_t c = 0;
-            for (; c + 32 <= C; c += 32) {
-                __m512i va = _mm512_loadu_si512(ra + c / 2), vb = hasb ? _mm512_loadu_si512(rb + c / 2) : _mm512_setzero_si512();
-                _mm512_storeu_si512(dst + c, _mm512_unpacklo_epi16(va, vb));
-                _mm512_storeu_si512(dst + c + 16, _mm512_unpackhi_epi16(va, vb));
-            }
-            for (; c < C; c += 32) {
-                __mmask16 km = m16((int)((C - c + 1) / 2));
-                __m512i va = _mm512_maskz_loadu_epi32(km, ra + c / 2);
-                __m512i vb = _mm512_maskz_loadu_epi32(hasb ? km : 0, rb + c / 2);
-                _mm512_mask_storeu_epi32(dst + c, m16((int)(C - c)), _mm512_permutex2var_epi16(va, ilo, vb));
-                _mm512_mask_storeu_epi32(dst + c + 16, m16((int)(C - c - 16)), _mm512_permutex2var_epi16(va, ihi, vb));
-            }
-        }
         /* scores: S[r][lanes]; full tiles of rows at the usual row length with the
          * rows' offsets as constants (one base register), the rest generic */
         int r0 = 0;
@@ -198,47 +225,20 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
                 __m512 b = 2 * r2 + 1 < kn ? _mm512_loadu_ps(S + (int64_t)(2 * r2 + 1) * nl + v * 16) : _mm512_setzero_ps();
                 _mm512_storeu_si512(Pp + r2 * nl + v * 16, pairs16(a, b, idx));
             }
-        /* P.V: O[lane][c] = O corr + sum over row pairs; the second half of the next
-         * block requested meanwhile, a line or so per row pair */
-        const int64_t pv_steps = (int64_t)((nq + LT - 1) / LT) * ((C + 47) / 48) * kn2;
+        /* P.V: O[lane][c] = O corr + sum over row pairs, 16 columns of 16 lanes at a
+         * time; the second half of the next block requested meanwhile */
+        const int64_t pv_steps = (int64_t)((nq + 15) / 16) * ((C + 15) / 16) * kn2;
         const int64_t half = (int64_t)MLA_KB / 2 * rowb, ps2 = nx ? (half + pv_steps - 1) / pv_steps : 0;
-        const char *p2 = nx ? nx + half : (const char *)Cp;
-        for (int i0 = 0; i0 < nq; i0 += LT) {
-            int ih = nq - i0 < LT ? nq - i0 : LT;
-            for (int64_t c0 = 0; c0 < C; c0 += 48) {
-                __mmask16 q0 = m16((int)(C - c0)), q1 = m16((int)(C - c0 - 16)), q2 = m16((int)(C - c0 - 32));
-                __m512 x0[LT], x1[LT], x2[LT];
-#pragma GCC unroll 8
-                for (int i = 0; i < LT; i++) {
-                    const float *orow = O + (int64_t)(i0 + (i < ih ? i : 0)) * C + c0;
-                    __m512 cv = _mm512_set1_ps(corr[i0 + i]);
-                    x0[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(q0, orow), cv);
-                    x1[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(q1, orow + 16), cv);
-                    x2[i] = _mm512_mul_ps(_mm512_maskz_loadu_ps(q2, orow + 32), cv);
-                }
-                for (int r2 = 0; r2 < kn2; r2++, p2 += ps2) {
-                    _mm_prefetch(p2, _MM_HINT_T1);
-                    const uint32_t *crow = Cp + r2 * ldp + c0, *pr = Pp + r2 * nl + i0;
-                    __m512bh b0 = (__m512bh)_mm512_maskz_loadu_epi32(q0, crow);
-                    __m512bh b1 = (__m512bh)_mm512_maskz_loadu_epi32(q1, crow + 16);
-                    __m512bh b2 = (__m512bh)_mm512_maskz_loadu_epi32(q2, crow + 32);
-#pragma GCC unroll 8
-                    for (int i = 0; i < LT; i++) {
-                        x0[i] = dp_bcst(x0[i], b0, pr + i);
-                        x1[i] = dp_bcst(x1[i], b1, pr + i);
-                        x2[i] = dp_bcst(x2[i], b2, pr + i);
-                    }
-                }
-#pragma GCC unroll 8
-                for (int i = 0; i < LT; i++)
-                    if (i < ih) {
-                        float *orow = O + (int64_t)(i0 + i) * C + c0;
-                        _mm512_mask_storeu_ps(orow, q0, x0[i]);
-                        _mm512_mask_storeu_ps(orow + 16, q1, x1[i]);
-                        _mm512_mask_storeu_ps(orow + 32, q2, x2[i]);
-                    }
+        const char *p2 = nx ? nx + half : (const char *)cbk;
+        for (int i0 = 0; i0 < nq; i0 += 16)
+            for (int64_t c = 0; c < C; c += 16) {
+                /* past the last span: a line of this block again (cached, no cost) */
+                const char *p3 = ps3 ? pf->side + si * pf->side_pitch + so : (const char *)cbk;
+                p2 = pv_tile(cbk, ld, kn, Pp + i0, nl, O + (int64_t)i0 * C + c, C, nq - i0 < 16 ? nq - i0 : 16,
+                             corr + i0, c, (int)(C - c), p2, ps2, p3, ps3);
+                for (so += kn2 * ps3; ps3 && so >= pf->side_bytes;)
+                    if (so -= pf->side_bytes, ++si == pf->side_n) ps3 = 0;
             }
-        }
     }
     perm_o(O, nq, C, 0);
 }
