@@ -249,8 +249,9 @@ CPU_HIDDEN void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t
  * the rounded values). */
 CPU_HIDDEN void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, const int32_t *lim, float scale, float *m,
                                        float *l, float *corr, int round_bf16);
-/* y[0:K) = sum over d < nrows of q[d] * (row r0 + d of w, decoded): one head's q_abs. */
-CPU_HIDDEN void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y);
+/* y[0:K) = sum over d < nrows of q[d] * (row r0 + d of w, decoded): one head's q_abs.
+ * rnext: the first row the caller reads next (requested at the end), or -1. */
+CPU_HIDDEN void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y, int64_t rnext);
 
 /* ---- MoE kernels ---- */
 /* kern_moe_avx512.c (AVX-512 levels only): y0[n] = x . row n of r0, y1[n] = x . row n of r1, n < nrows,

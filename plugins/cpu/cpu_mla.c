@@ -63,11 +63,6 @@ typedef struct mla_job {
 static void qabs_head(void *arg, int64_t h, int tid) {
     const mla_job *j = arg;
     float *row = (float *)(j->tscr + (size_t)tid * j->per_thread);
-    if (j->qn == 1 && (j->s->isa == CPU_ISA_AVX512 || j->s->isa == CPU_ISA_AVX512BF16)) {
-        cpu_mla_qabs_avx512(j->q + j->t0 * j->qs + h * (j->nope + j->R), j->nope, &j->w, h * (j->nope + j->v),
-                            j->qc + h * j->D);
-        return;
-    }
     for (int64_t t = 0; t < j->qn; t++) memset(j->qc + (t * j->H + h) * j->D, 0, (size_t)j->C * 4);
     for (int64_t d = 0; d < j->nope; d++) {
         int64_t wr = h * (j->nope + j->v) + d;
@@ -82,6 +77,15 @@ static void qabs_head(void *arg, int64_t h, int tid) {
             j->s->k->axpy(qd, row, j->qc + (t * j->H + h) * j->D, j->C);
         }
     }
+}
+
+/* One token on the AVX-512 levels: heads split evenly, each thread's in order, so the
+ * first rows of its next head are requested during the last ones of the current. */
+static void qabs_task(void *arg, int tid, int nt) {
+    const mla_job *j = arg;
+    for (int64_t h = tid * j->H / nt, e = (tid + 1) * j->H / nt; h < e; h++)
+        cpu_mla_qabs_avx512(j->q + j->t0 * j->qs + h * (j->nope + j->R), j->nope, &j->w, h * (j->nope + j->v),
+                            j->qc + h * j->D, h + 1 < e ? (h + 1) * (j->nope + j->v) : -1);
 }
 
 static void wuk_head(void *arg, int64_t h, int tid) {
@@ -432,7 +436,9 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
         j.qn = T - j.t0 < QB ? T - j.t0 : QB;
         int64_t nr = j.qn * j.H;
         /* q_abs | q_pe */
-        if (j.qn <= 8 || !need_wuk) {
+        if (j.qn == 1 && (s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16)) {
+            cpu_pool_run(s->pool, qabs_task, &j);
+        } else if (j.qn <= 8 || !need_wuk) {
             cpu_pool_for(s->pool, j.H, qabs_head, &j);
         } else {
             for (int64_t h = 0; h < j.H; h++) {

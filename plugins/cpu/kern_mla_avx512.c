@@ -151,57 +151,51 @@ void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, 
     }
 }
 
-/* y[0:K) = sum_d q[d] w[r0 + d][0:K) (K = w->K): q_abs of one token and head, 256
- * columns at a time in 16 accumulators (no y traffic per row), rows in order (the
- * same f32 operations as an axpy per row). */
-void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y) {
+/* y[0:K) = sum_d q[d] w[r0 + d][0:K) (K = w->K): q_abs of one token and head, rows in
+ * order (the same f32 operations as an axpy per row). bf16 and fp8 rows: one pass, y
+ * kept in L1 (stored and reloaded each row), each row's lines requested QA_PD rows
+ * ahead - after the last rows, the first ones of rnext (the caller's next head). One
+ * pass streams the rows as they lie; fp8 folds each 128-column block's scale into the
+ * broadcast query. Other dtypes: 256 columns at a time in 16 accumulators. */
+#define QA_PD 8
+void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y, int64_t rnext) {
     const int64_t K = w->K;
+    const int es = w->dtype == FM_F8_E4M3 ? 1 : 2;
+    if ((w->dtype == FM_BF16 || (w->dtype == FM_F8_E4M3 && w->scale)) && K % 16 == 0) {
+        const char *base = w->data;
+        for (int64_t k = 0; k < K; k += 16) _mm512_storeu_ps(y + k, _mm512_setzero_ps());
+        for (int64_t d = 0; d < nrows; d++) {
+            int64_t pr = d + QA_PD < nrows ? r0 + d + QA_PD : rnext >= 0 ? rnext + d + QA_PD - nrows : r0 + d;
+            const char *pf = base + pr * K * es, *row = base + (r0 + d) * K * es;
+            for (int64_t l = 0; l < K * es; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
+            if (es == 2) {
+                const __m512 qd = _mm512_set1_ps(q[d]);
+                const uint16_t *wd = (const uint16_t *)row;
+                for (int64_t k = 0; k < K; k += 16)
+                    _mm512_storeu_ps(y + k, _mm512_fmadd_ps(qd, bf16x16(_mm256_loadu_si256((const __m256i *)(wd + k))),
+                                                            _mm512_loadu_ps(y + k)));
+            } else {
+                const float *sr = w->scale + ((r0 + d) / CPU_QB) * w->scale_ld;
+                for (int64_t k = 0; k < K; k += 16) {
+                    __m512 qd = _mm512_set1_ps(q[d] * sr[k / CPU_QB]);
+                    _mm512_storeu_ps(y + k, _mm512_fmadd_ps(qd, e4m3x16(_mm_loadu_si128((const __m128i *)(row + k))),
+                                                            _mm512_loadu_ps(y + k)));
+                }
+            }
+        }
+        return;
+    }
     for (int64_t c0 = 0; c0 < K; c0 += 256) {
         __m512 acc[16];
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-        if (w->dtype == FM_BF16) {
-            const uint16_t *wd = (const uint16_t *)w->data + r0 * K + c0;
-            if (c0 + 256 <= K) {
-                for (int64_t d = 0; d < nrows; d++, wd += K) {
-                    if (c0 == 0) /* the first pass requests whole rows ahead: the next passes read them from L2 */
-                        for (int64_t l = 0; l < K * 2; l += 64) _mm_prefetch((const char *)(wd + 4 * K) + l, _MM_HINT_T1);
-                    __m512 qd = _mm512_set1_ps(q[d]);
+        for (int64_t d = 0; d < nrows; d++) {
+            __m512 qd = _mm512_set1_ps(q[d]);
 #pragma GCC unroll 16
-                    for (int i = 0; i < 16; i++)
-                        acc[i] = _mm512_fmadd_ps(qd, bf16x16(_mm256_loadu_si256((const __m256i *)(wd + 16 * i))), acc[i]);
-                }
-            } else {
-                for (int64_t d = 0; d < nrows; d++, wd += K) {
-                    __m512 qd = _mm512_set1_ps(q[d]);
-#pragma GCC unroll 16
-                    for (int i = 0; i < 16; i++)
-                        acc[i] = _mm512_fmadd_ps(qd, bf16x16(_mm256_maskz_loadu_epi16(m16((int)(K - c0 - 16 * i)), wd + 16 * i)),
-                                                 acc[i]);
-                }
-            }
-        } else if (w->dtype == FM_F8_E4M3 && c0 + 256 <= K && w->scale) {
-            /* fp8: the two 128-column blocks' scales folded into the broadcast query */
-            const uint8_t *wd = (const uint8_t *)w->data + r0 * K + c0;
-            for (int64_t d = 0; d < nrows; d++, wd += K) {
-                const float *sr = w->scale + ((r0 + d) / CPU_QB) * w->scale_ld + c0 / CPU_QB;
-                __m512 qa = _mm512_set1_ps(q[d] * sr[0]), qb = _mm512_set1_ps(q[d] * sr[1]);
-#pragma GCC unroll 8
-                for (int i = 0; i < 8; i++)
-                    acc[i] = _mm512_fmadd_ps(qa, e4m3x16(_mm_loadu_si128((const __m128i *)(wd + 16 * i))), acc[i]);
-#pragma GCC unroll 8
-                for (int i = 8; i < 16; i++)
-                    acc[i] = _mm512_fmadd_ps(qb, e4m3x16(_mm_loadu_si128((const __m128i *)(wd + 16 * i))), acc[i]);
-            }
-        } else {
-            for (int64_t d = 0; d < nrows; d++) {
-                __m512 qd = _mm512_set1_ps(q[d]);
-#pragma GCC unroll 16
-                for (int i = 0; i < 16; i++) {
-                    int64_t k = c0 + 16 * i;
-                    __m512 sc = _mm512_set1_ps(w->scale && k < K ? w->scale[((r0 + d) / CPU_QB) * w->scale_ld + k / CPU_QB] : 1.0f);
-                    acc[i] = _mm512_fmadd_ps(qd, wload16(w, r0 + d, k, m16((int)(K - k)), sc), acc[i]);
-                }
+            for (int i = 0; i < 16; i++) {
+                int64_t k = c0 + 16 * i;
+                __m512 sc = _mm512_set1_ps(w->scale && k < K ? w->scale[((r0 + d) / CPU_QB) * w->scale_ld + k / CPU_QB] : 1.0f);
+                acc[i] = _mm512_fmadd_ps(qd, wload16(w, r0 + d, k, m16((int)(K - k)), sc), acc[i]);
             }
         }
 #pragma GCC unroll 16

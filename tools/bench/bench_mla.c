@@ -20,8 +20,11 @@ static float frand(void) {
     rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
     return (float)((double)(rng >> 11) * 0x1p-52 - 1.0);
 }
+/* 64-byte aligned, as the model allocates its cache (fm_alloc): rows of 64-byte
+ * multiples then start on cache lines */
 static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 1)) p = NULL;
     if (!p) {
         fprintf(stderr, "fathom bench: out of memory (%zu bytes)\n", n);
         exit(1);
