@@ -55,7 +55,7 @@ run "experts prefill" "" experts --experts 8 --active 2 --tokens 16 --hidden 128
 run "experts decode" "" experts --experts 8 --active 2 --tokens 1 --hidden 128 --inter 64
 run "route" "ids_differing" route --experts 16 --active 4 --groups 4 --topk-groups 2 --hidden 128
 run "layer" "weight_gbs fraction_of_bw_probe bw_probe_interleaved" layer --experts 8 --active 2 --hidden 128 --inter 64 --burst 4
-run "mla f32 cache" "fraction_of_bf16_probe max_rel_diff_vs_peer" \
+run "mla f32 cache" "fraction_of_bf16_probe max_rel_diff_vs_peer bf16_probe_interleaved" \
     mla --ctx 300 --heads 4 --kv-lora 64 --rope 16 --nope 32 --v 32
 run "mla bf16 cache, sets" "fraction_of_bf16_probe ours_cached_gflops sets" \
     mla --ctx 300 --heads 4 --kv-lora 64 --rope 16 --nope 32 --v 32 --cache-dtype bf16 --sets 3 --burst 5

@@ -132,6 +132,8 @@ void bench_print(const bench_opts *o, const bench_report *r) {
         json_str(r->unit);
         printf(", \"fma_probe_gflops\": %.6g, \"bf16_probe_gflops\": %.6g, \"bw_probe_gbs\": %.6g, \"bw_probe_interleaved\": %s",
                r->fma_f32, r->fma_bf16, r->bw, r->bw_interleaved ? "true" : "false");
+        printf(", \"bf16_probe_interleaved\": %s", r->bf16_interleaved ? "true" : "false");
+        if (r->bf16_interleaved) printf(", \"bf16_probe_before_gflops\": %.6g", r->fma_bf16_before);
         printf(", \"threads\": %d, \"runs\": %d, \"burst\": %d, \"backend\": ", r->threads, r->runs, o->burst);
         json_str(o->backend);
         printf(", \"mode\": ");
@@ -156,7 +158,9 @@ void bench_print(const bench_opts *o, const bench_report *r) {
     }
     if (r->extra_text[0]) fputs(r->extra_text, stdout);
     printf("  probe FMA    %10.2f GFLOP/s f32, %.2f GFLOP/s bf16 (vdpbf16ps)%s\n", r->fma_f32, r->fma_bf16,
-           r->fma_bf16 > 0 ? "" : " [unavailable]");
+           r->fma_bf16 <= 0 ? " [unavailable]" : r->bf16_interleaved ? " (bf16: a contender of the interleaved runs)" : "");
+    if (r->bf16_interleaved)
+        printf("               bf16 before the runs: %.2f GFLOP/s (best of 3)\n", r->fma_bf16_before);
     printf("  probe BW     %10.2f GB/s streaming read%s\n", r->bw,
            r->bw_interleaved ? " (a contender of the interleaved runs: median of its passes)" : "");
     fflush(stdout);

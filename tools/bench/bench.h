@@ -61,6 +61,15 @@ typedef struct bench_bw {
 int  bench_bw_open(bench_bw *b, int threads, size_t bytes);
 int  bench_bw_run(void *ctx);
 void bench_bw_close(bench_bw *b);
+/* The bf16 FMA probe as a contender (one pass of iters x 12 vdpbf16ps per thread, on nt
+ * threads, per call): GFLOP/s = bench_fma_gflops(f, median time). */
+typedef struct bench_fma {
+    int nt;
+    int64_t iters;
+} bench_fma;
+void   bench_fma_open(bench_fma *f, int threads, double seconds, double gflops_hint);
+int    bench_fma_run(void *ctx);
+double bench_fma_gflops(const bench_fma *f, double seconds);
 /* ISA-specific bodies, called only when cpuid says the ISA is there. */
 double bench_fma_loop_avx512(int64_t iters);    /* seconds for iters x 12 zmm FMAs */
 double bench_bf16_loop_avx512bf16(int64_t iters);
@@ -138,6 +147,8 @@ typedef struct bench_report {
     double ratio;
     double fma_f32, fma_bf16, bw;
     int bw_interleaved;       /* bw: the probe ran among the contenders' runs (median), not before them */
+    int bf16_interleaved;     /* fma_bf16: likewise */
+    double fma_bf16_before;   /* with bf16_interleaved: the probe's figure before the runs (best of 3) */
     int threads, runs;
     const char *mode;         /* api / plugin */
     const char *device;

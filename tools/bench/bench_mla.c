@@ -67,20 +67,36 @@ static int run_peer(void *c) {
 }
 
 static int run_ours_hot(void *c) { return bench_ours_run(((two *)c)->ours[0]); }
+static int run_probe(void *c) { return bench_fma_run(c); }
 
 /* Runs ours and the composition interleaved; fills r (unit per second = work / time).
  * With several data sets, ours also runs on set 0 alone as a third contender: med[2]
  * is the time with the data in cache. */
 static int compare(const bench_opts *o, bench_report *r, two *t, double work, double *med) {
     two a = *t, b = *t, h = *t;
-    bench_fn fn[3] = {run_ours, run_peer, run_ours_hot};
-    void *ctx[3] = {&a, &b, &h};
+    bench_fn fn[4] = {run_ours, run_peer, run_ours_hot};
+    void *ctx[4] = {&a, &b, &h};
     int n = t->n > 1 ? 3 : 2;
-    bench_progress("interleaving ours%s and the per-op composition, %d runs each", n == 3 ? " (cold and cached)" : "",
-                   o->runs);
-    if (bench_interleave(n, fn, ctx, o->runs, o->warmup, o->burst, med, NULL)) {
+    /* mla: the bf16 FMA probe runs among the contenders too (passes of about 20 ms), so
+     * the fraction of it compares two medians taken under the same conditions */
+    bench_fma f;
+    int pf = !strcmp(o->sub, "mla") && r->fma_bf16 > 0;
+    if (pf) {
+        bench_fma_open(&f, r->threads, 0.02, r->fma_bf16);
+        fn[n] = run_probe, ctx[n] = &f;
+    }
+    bench_progress("interleaving ours%s, the per-op composition%s, %d runs each", n == 3 ? " (cold and cached)" : "",
+                   pf ? " and the bf16 FMA probe" : "", o->runs);
+    double m[4];
+    if (bench_interleave(n + pf, fn, ctx, o->runs, o->warmup, o->burst, m, NULL)) {
         fprintf(stderr, "fathom bench %s: failed: %s %s\n", o->sub, bench_ours_error(t->ours[0]), bench_plugin_error(t->pl));
         return -1;
+    }
+    for (int i = 0; i < n; i++) med[i] = m[i];
+    if (pf) {
+        r->fma_bf16_before = r->fma_bf16;
+        r->fma_bf16 = bench_fma_gflops(&f, m[n]);
+        r->bf16_interleaved = 1;
     }
     r->ours = work / med[0];
     r->peer = work / med[1];

@@ -123,6 +123,21 @@ void bench_bw_close(bench_bw *b) {
     b->buf = NULL;
 }
 
+/* iters sized so that one pass takes about `seconds` at gflops_hint (the probe
+ * measured before the runs): long enough that starting the threads is a small part */
+void bench_fma_open(bench_fma *f, int threads, double seconds, double gflops_hint) {
+    f->nt = threads > 0 ? threads : 1;
+    double it = seconds * gflops_hint * 1e9 / (12.0 * 64 * f->nt);
+    f->iters = it < 1e5 ? 100000 : (int64_t)it;
+}
+int bench_fma_run(void *ctx) {
+    bench_fma *f = ctx;
+    return run_threads(f->nt, 1, f->iters, NULL, 0, 1) > 0 ? 0 : -1;
+}
+double bench_fma_gflops(const bench_fma *f, double seconds) {
+    return seconds > 0 ? (double)f->iters * 12.0 * 64 * f->nt / seconds * 1e-9 : 0;
+}
+
 double bench_probe_bw(int nt, size_t bytes) {
     size_t n = bytes / sizeof(float);
     n -= n % ((size_t)nt * 64);
