@@ -95,6 +95,14 @@ static void perm_o(float *O, int nq, int64_t C, int to_unpacked) {
         }
 }
 
+/* Two rows' 32 values a, b -> pairs (a[j], b[j]) of one half: in a whole group of 32
+ * columns the in-lane unpack of that half (columns in col_of order), in a partial one
+ * the permute ix (columns in order). */
+static inline __attribute__((always_inline)) __m512bh pair_rows(__m512i a, __m512i b, int whole, int hi, __m512i ix) {
+    return (__m512bh)(whole ? (hi ? _mm512_unpackhi_epi16(a, b) : _mm512_unpacklo_epi16(a, b))
+                            : _mm512_permutex2var_epi16(a, ix, b));
+}
+
 /* P.V for 16 columns from c (col_of order inside a whole group of 32, in order in a
  * partial one; cw = columns left in the row from c) of nh <= 16 lanes: O = O corr +
  * sum over row pairs r2 of (c[2r2][j], c[2r2+1][j]) . P pair of lane i, the pairs made
@@ -119,17 +127,13 @@ static inline __attribute__((always_inline)) const char *pv_tile(const uint32_t 
     for (; 2 * r2 + 1 < kn; r2++, r += 2 * ld, p2 += ps2, p3 += ps3) {
         _mm_prefetch(p2, _MM_HINT_T1);
         _mm_prefetch(p3, _MM_HINT_T1);
-        __m512i va = _mm512_maskz_loadu_epi32(lm, r), vb = _mm512_maskz_loadu_epi32(lm, r + ld);
-        __m512bh u = (__m512bh)(whole ? (hi ? _mm512_unpackhi_epi16(va, vb) : _mm512_unpacklo_epi16(va, vb))
-                                      : _mm512_permutex2var_epi16(va, ix, vb));
+        __m512bh u = pair_rows(_mm512_maskz_loadu_epi32(lm, r), _mm512_maskz_loadu_epi32(lm, r + ld), whole, hi, ix);
         const uint32_t *pr = Pp + r2 * nl;
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) acc[i] = dp_bcst(acc[i], u, pr + i);
     }
     if (r2 * 2 < kn) { /* the odd last row, paired with zeros */
-        __m512i va = _mm512_maskz_loadu_epi32(lm, r), vb = _mm512_setzero_si512();
-        __m512bh u = (__m512bh)(whole ? (hi ? _mm512_unpackhi_epi16(va, vb) : _mm512_unpacklo_epi16(va, vb))
-                                      : _mm512_permutex2var_epi16(va, ix, vb));
+        __m512bh u = pair_rows(_mm512_maskz_loadu_epi32(lm, r), _mm512_setzero_si512(), whole, hi, ix);
         const uint32_t *pr = Pp + r2 * nl;
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) acc[i] = dp_bcst(acc[i], u, pr + i);
