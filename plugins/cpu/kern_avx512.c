@@ -37,17 +37,12 @@ static void pack_b(const cpu_wmat *w, int64_t n0, int nn, int64_t k0, int kc, in
         return;
     }
     const int64_t es = w->dtype == FM_F32 ? 4 : w->dtype == FM_F8_E4M3 ? 1 : 2;
-    const char *base = (const char *)w->data;
     for (int j0 = 0; j0 < nn; j0 += nr) {
         for (int h = 0; h < nr; h += 16) {
-            int rows = nn - j0 - h;
-            /* the loads below are short runs from 16 rows: fetch the next 16 rows now */
-            int64_t pn = n0 + j0 + h + 16;
-            for (int i = 0; i < 16 && pn + i < n0 + nn; i++) {
-                const char *r = base + ((pn + i) * w->K + k0) * es;
-                for (int64_t off = 0; off < kc * es; off += 64) _mm_prefetch(r + off, _MM_HINT_T0);
-            }
+            int rows = nn - j0 - h, an;
+            const char *ap = pack_ahead(w, es, n0, nn, k0, kc, j0 + h, &an);
             for (int k = 0; k < kc; k += 16) {
+                for (int i = 0; i < an; i++) _mm_prefetch(ap + (i * w->K + k) * es, _MM_HINT_T0);
                 int kn = kc - k < 16 ? kc - k : 16;
                 __mmask16 km = m16(kn);
                 __m512 r[16];

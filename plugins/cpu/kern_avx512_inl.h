@@ -32,6 +32,20 @@ static inline __m512 wload16(const cpu_wmat *w, int64_t n, int64_t k, __mmask16 
     }
 }
 
+/* Packing B reads short runs (one step of columns) from 16 rows at a time, which the
+ * hardware does not fetch far enough ahead: each step of a 16-row group j requests the
+ * same columns of the rows PACK_AHEAD further (past the slice's last rows: the first
+ * rows of the next slice of kc columns). Returns the first of those rows at the step's
+ * columns k0 (es bytes an element; add (i K + k) es for row i, column k0 + k) and sets
+ * *an to how many there are (0: none, the caller requests nothing). */
+#define PACK_AHEAD 32
+static inline const char *pack_ahead(const cpu_wmat *w, int64_t es, int64_t n0, int nn, int64_t k0, int kc, int j, int *an) {
+    int64_t r = j + PACK_AHEAD, k = k0;
+    if (r >= nn) r -= nn, k += kc;
+    *an = k < w->K && r < nn ? (int)(nn - r < 16 ? nn - r : 16) : 0;
+    return *an ? (const char *)w->data + ((n0 + r) * w->K + k) * es : NULL;
+}
+
 /* In-register transpose of 16 vectors of 16 32-bit lanes. */
 static inline void tr16(__m512 r[16]) {
     __m512 t[16];

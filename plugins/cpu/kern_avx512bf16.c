@@ -52,9 +52,11 @@ void cpu_pack_b_bf16_avx512bf16(const cpu_wmat *w, int64_t n0, int nn, int64_t k
     const uint16_t *wd = w->data;
     for (int j0 = 0; j0 < nn; j0 += nr) {
         for (int h = 0; h < nr; h += 16) {
-            int rows = nn - j0 - h;
+            int rows = nn - j0 - h, an;
+            const char *ap = pack_ahead(w, 2, n0, nn, k0, kc, j0 + h, &an);
             for (int k = 0; k < kc; k += 32) {
                 int kn = kc - k < 32 ? kc - k : 32;
+                for (int i = 0; i < an; i++) _mm_prefetch(ap + (i * w->K + k) * 2, _MM_HINT_T0);
                 __m512 r[16];
                 for (int i = 0; i < 16; i++)
                     r[i] = i < rows ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
