@@ -81,6 +81,22 @@ static void pack_b_kn(const float *b, int64_t ldb, int64_t n0, int nn, int64_t k
 /* ---- f32 micro-kernel ---- */
 
 
+/* The k loop over rows REP of the packed A panel (MR a k): accumulators c<i>0, c<i>1. */
+#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+#define STEP(i)                                     \
+    {                                               \
+        __m512 ai = _mm512_set1_ps(a[i]);           \
+        c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
+        c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1); \
+    }
+#define KLOOP(REP)                                                        \
+    for (int k = 0; k < kc; k++) {                                        \
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);     \
+        REP(STEP)                                                         \
+        a += MR;                                                          \
+        b += NR;                                                          \
+    }
+
 static void ukr(int kc, const float *a, const float *b, float *c, int64_t ldc, int mr, int nr, int add) {
     /* C is touched once per KC slice and is usually far away: fetch it now, use it at the end */
     for (int i = 0; i < mr; i++) {
@@ -88,24 +104,19 @@ static void ukr(int kc, const float *a, const float *b, float *c, int64_t ldc, i
         _mm_prefetch((const char *)(c + i * ldc + nr - 1), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
     }
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+    if (mr <= 7) { /* a short last strip: half the products (the panel's rows past mr are zeros) */
+        REP7(DECL)
+        KLOOP(REP7)
+        STORE_TILE_R(REP7, 7, c, ldc, mr, nr, add);
+        return;
+    }
     REP14(DECL)
-#undef DECL
-    for (int k = 0; k < kc; k++) {
-        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-#define STEP(i)                                  \
-    {                                            \
-        __m512 ai = _mm512_set1_ps(a[i]);        \
-        c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0); \
-        c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1); \
-    }
-        REP14(STEP)
-#undef STEP
-        a += MR;
-        b += NR;
-    }
+    KLOOP(REP14)
     STORE_TILE_14x32(c, ldc, mr, nr, add);
 }
+#undef KLOOP
+#undef STEP
+#undef DECL
 
 /* ---- few rows: y[t, n] = x[t] . w[n], R weight rows at a time ---- */
 /* One function per (dtype, T): the decode is a compile-time constant, the fp8

@@ -90,9 +90,10 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* The 14 x 32 micro-kernels' epilogue: accumulators c<i>0, c<i>1 (i < 14) stored to
- * c[mr x nr] (ldc floats a row), added to what is there when add. */
-#define REP14(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7) M(8) M(9) M(10) M(11) M(12) M(13)
+/* The micro-kernels' epilogue: accumulators c<i>0, c<i>1 (i < R, REP listing 0..R-1)
+ * stored to c[mr x nr] (ldc floats a row), added to what is there when add. */
+#define REP7(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6)
+#define REP14(M) REP7(M) M(7) M(8) M(9) M(10) M(11) M(12) M(13)
 #define ST_ADD(i)                                                                          \
     _mm512_storeu_ps(c + i * ldc, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc), c##i##0));   \
     _mm512_storeu_ps(c + i * ldc + 16, _mm512_add_ps(_mm512_loadu_ps(c + i * ldc + 16), c##i##1));
@@ -100,18 +101,18 @@ static inline __m512 exp16(__m512 x) {
     _mm512_storeu_ps(c + i * ldc, c##i##0); \
     _mm512_storeu_ps(c + i * ldc + 16, c##i##1);
 #define ST_TMP(i) t[i][0] = c##i##0, t[i][1] = c##i##1;
-#define STORE_TILE_14x32(c, ldc, mr, nr, add)                                       \
+#define STORE_TILE_R(REP, R, c, ldc, mr, nr, add)                                   \
     do {                                                                            \
-        if ((mr) == 14 && (nr) == 32) {                                             \
+        if ((mr) == (R) && (nr) == 32) {                                            \
             if (add) {                                                              \
-                REP14(ST_ADD)                                                       \
+                REP(ST_ADD)                                                         \
             } else {                                                                \
-                REP14(ST_SET)                                                       \
+                REP(ST_SET)                                                         \
             }                                                                       \
             break;                                                                  \
         }                                                                           \
-        __m512 t[14][2];                                                            \
-        REP14(ST_TMP)                                                               \
+        __m512 t[R][2];                                                             \
+        REP(ST_TMP)                                                                 \
         __mmask16 k0 = m16(nr), k1 = m16((nr) - 16);                                \
         for (int i_ = 0; i_ < (mr); i_++) {                                         \
             float *ci = (c) + i_ * (ldc);                                           \
@@ -124,5 +125,6 @@ static inline __m512 exp16(__m512 x) {
             _mm512_mask_storeu_ps(ci + 16, k1, v1);                                 \
         }                                                                           \
     } while (0)
+#define STORE_TILE_14x32(c, ldc, mr, nr, add) STORE_TILE_R(REP14, 14, c, ldc, mr, nr, add)
 
 #endif
