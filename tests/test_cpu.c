@@ -838,6 +838,38 @@ START_TEST(t_mla_decode_lanes) {
 }
 END_TEST
 
+/* Decode results must not depend on the thread count or on which thread took which
+ * head or chunk of cache rows (each chunk's partial result is merged in chunk order):
+ * 1, 2 and 3 threads give the same bits, with 4 chunks of rows and 16 heads. */
+START_TEST(t_mla_threads) {
+    if (!use_isa(_i)) return;
+    if (cur_isa == 3) ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK);
+    enum { NH = 16, NOPE = 128, V = 128, C = 512, R = 64, L = 3300 };
+    const int64_t D = C + R;
+    wt kvb;
+    wt_make(&kvb, FM_BF16, NH * (NOPE + V), C, 0.5);
+    float *q = rand_x(NH * (NOPE + R), 1.0), *cache = rand_x(L * D, 1.0), *y[3];
+    uint16_t *c16 = malloc((size_t)(L * D) * 2);
+    for (int64_t i = 0; i < L * D; i++) c16[i] = (uint16_t)(bitsf(cache[i]) >> 16);
+    int32_t pos[1] = {L - 1};
+    fm_mla_attn_params p = {.n_heads = NH, .nope = NOPE, .rope = R, .v = V, .kv_lora = C, .scale = 0.1f, .mode = FM_MLA_ABSORB};
+    fm_pl_tensor tq = mk(FM_F32, 2, 1, NH * (NOPE + R), q, "q"), tc = mk(FM_BF16, 2, L, D, c16, "cache");
+    fm_pl_tensor tp = mk(FM_I32, 1, 1, 0, pos, "pos");
+    for (int t = 0; t < 3; t++) {
+        char n[4] = {(char)('1' + t), 0};
+        ck_assert_int_eq(P->control(S, "threads", n), FM_OK);
+        y[t] = malloc((size_t)(NH * V) * 4);
+        fm_pl_tensor ty = mk(FM_F32, 2, 1, NH * V, y[t], "y");
+        const fm_pl_tensor *src[4] = {&tq, &tc, &tp, &kvb.t}, *dst[1] = {&ty};
+        ck_assert_int_eq(run_node(FM_OP_MLA_ATTN, src, 4, dst, 1, &p), FM_OK);
+    }
+    ck_assert_mem_eq(y[0], y[1], (size_t)(NH * V) * 4);
+    ck_assert_mem_eq(y[0], y[2], (size_t)(NH * V) * 4);
+    wt_free(&kvb);
+    free(q), free(cache), free(c16), free(y[0]), free(y[1]), free(y[2]);
+}
+END_TEST
+
 /* A bf16 latent cache: read in place by the decode kernels (even row length), copied
  * (odd), widened for the prefill and generic paths; and DeepSeek's row length (512 +
  * 64), which the bf16 kernel's fast score tiles take. */
@@ -989,6 +1021,7 @@ static void add_ops_tests(Suite *s) {
     tcase_add_loop_test(tc, t_mla_attn, 0, 4);
     tcase_add_loop_test(tc, t_mla_decode_lanes, 0, 4);
     tcase_add_loop_test(tc, t_mla_bf16_cache, 0, 4);
+    tcase_add_loop_test(tc, t_mla_threads, 0, 4);
     tcase_add_loop_test(tc, t_mla_naive, 0, 4);
     tcase_add_loop_test(tc, t_moe_decode, 0, 4);
     suite_add_tcase(s, tc);

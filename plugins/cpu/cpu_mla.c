@@ -53,6 +53,7 @@ typedef struct mla_job {
     char *tscr;
     size_t per_thread;
     int64_t kb0, kn;          /* the key block */
+    cpu_wq *wq;               /* [threads] the work queues of a decode block's phases, one phase at a time */
     const float *part;        /* a decode block's partial attention: np parts (merge_row) */
     size_t part_floats;
     int64_t part_nl;
@@ -79,13 +80,22 @@ static void qabs_head(void *arg, int64_t h, int tid) {
     }
 }
 
-/* One token on the AVX-512 levels: heads split evenly, each thread's in order, so the
- * first rows of its next head are requested during the last ones of the current. */
+/* n units split evenly into the threads' runs (cpu_wq) */
+static void wq_split(cpu_wq *q, int nt, int64_t n) {
+    for (int t = 0; t < nt; t++) cpu_wq_init(&q[t], n * t / nt, n * (t + 1) / nt);
+}
+
+/* One token on the AVX-512 levels: heads split evenly, each thread's run in order, so
+ * the first rows of its next head are requested during the last ones of the current;
+ * a thread done with its run takes heads from the end of the others'. */
 static void qabs_task(void *arg, int tid, int nt) {
     const mla_job *j = arg;
-    for (int64_t h = tid * j->H / nt, e = (tid + 1) * j->H / nt; h < e; h++)
+    int owner;
+    for (int64_t h; (h = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0;) {
+        int64_t hn = owner == tid ? cpu_wq_peek(&j->wq[tid]) : -1;
         cpu_mla_qabs_avx512(j->q + j->t0 * j->qs + h * (j->nope + j->R), j->nope, &j->w, h * (j->nope + j->v),
-                            j->qc + h * j->D, h + 1 < e ? (h + 1) * (j->nope + j->v) : -1);
+                            j->qc + h * j->D, hn >= 0 ? hn * (j->nope + j->v) : -1);
+    }
 }
 
 static void wuk_head(void *arg, int64_t h, int tid) {
@@ -129,59 +139,74 @@ static void softmax_row(void *arg, int64_t r, int tid) {
 
 #define KB2 128
 
+/* Decode chunks of cache rows: 1024 rows or more, at most 64 (each chunk's partial
+ * output is read again by the merge, from another core's cache half the time). The
+ * size depends on the context alone, so the result does not depend on the thread
+ * count either. */
+static int64_t dec_chunk(int64_t maxn) {
+    int64_t c = (maxn + 63) / 64;
+    return c < 1024 ? 1024 : (c + 63) & ~(int64_t)63;
+}
+
 typedef struct dec_job {
     const mla_job *j;
-    int64_t nr, maxn;
-    float *part;              /* per thread: m[nr], l[nr], O[nr][C], S[nr][KB2] */
+    int64_t nr, maxn, chunk, nchunks;
+    float *part;              /* per chunk: m[nr], l[nr], O[nr][C] */
     size_t part_floats;
+    float *S;                 /* per thread: S[nr][KB2] */
 } dec_job;
 
 static void dec_task(void *arg, int tid, int nt) {
     const dec_job *d = arg;
     const mla_job *j = d->j;
     int64_t nr = d->nr, C = j->C, D = j->D;
-    float *m = d->part + (size_t)tid * d->part_floats, *l = m + nr, *O = l + nr, *S = O + nr * C;
-    int64_t units = (d->maxn + 15) / 16, k0 = units * tid / nt * 16, k1 = units * (tid + 1) / nt * 16;
-    if (k1 > d->maxn) k1 = d->maxn;
-    for (int64_t r = 0; r < nr; r++) m[r] = -INFINITY, l[r] = 0.0f;
-    memset(O, 0, (size_t)(nr * C) * 4);
-    for (int64_t kb = k0; kb < k1; kb += KB2) {
-        int kn = (int)(k1 - kb < KB2 ? k1 - kb : KB2);
-        const float *cb = j->cache + kb * D;
-        j->s->k->scores(j->qc, D, (int)nr, cb, D, kn, (int)D, S, KB2);
-        for (int64_t r = 0; r < nr; r++) {
-            float *s = S + r * KB2;
-            int64_t n = (int64_t)j->pos[j->t0 + r / j->H] + 1 - kb;
-            if (n > kn) n = kn;
-            if (n <= 0) {
-                memset(s, 0, (size_t)kn * 4);
-                continue;
+    float *S = d->S + (size_t)tid * (size_t)(nr * KB2);
+    int owner;
+    for (int64_t ch; (ch = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0;) {
+        float *m = d->part + (size_t)ch * d->part_floats, *l = m + nr, *O = l + nr;
+        int64_t k0 = ch * d->chunk, k1 = k0 + d->chunk < d->maxn ? k0 + d->chunk : d->maxn;
+        for (int64_t r = 0; r < nr; r++) m[r] = -INFINITY, l[r] = 0.0f;
+        memset(O, 0, (size_t)(nr * C) * 4);
+        for (int64_t kb = k0; kb < k1; kb += KB2) {
+            int kn = (int)(k1 - kb < KB2 ? k1 - kb : KB2);
+            const float *cb = j->cache + kb * D;
+            j->s->k->scores(j->qc, D, (int)nr, cb, D, kn, (int)D, S, KB2);
+            for (int64_t r = 0; r < nr; r++) {
+                float *s = S + r * KB2;
+                int64_t n = (int64_t)j->pos[j->t0 + r / j->H] + 1 - kb;
+                if (n > kn) n = kn;
+                if (n <= 0) {
+                    memset(s, 0, (size_t)kn * 4);
+                    continue;
+                }
+                float bm = -INFINITY;
+                for (int64_t i = 0; i < n; i++) s[i] *= j->p->scale, bm = s[i] > bm ? s[i] : bm;
+                for (int64_t i = n; i < kn; i++) s[i] = -INFINITY;
+                float m1 = m[r] > bm ? m[r] : bm, corr = m[r] == -INFINITY ? 0.0f : expf(m[r] - m1);
+                float sum = j->s->k->expsum(s, m1, kn);
+                l[r] = l[r] * corr + sum;
+                m[r] = m1;
+                if (corr != 1.0f)
+                    for (int64_t c = 0; c < C; c++) O[r * C + c] *= corr;
             }
-            float bm = -INFINITY;
-            for (int64_t i = 0; i < n; i++) s[i] *= j->p->scale, bm = s[i] > bm ? s[i] : bm;
-            for (int64_t i = n; i < kn; i++) s[i] = -INFINITY;
-            float m1 = m[r] > bm ? m[r] : bm, corr = m[r] == -INFINITY ? 0.0f : expf(m[r] - m1);
-            float sum = j->s->k->expsum(s, m1, kn);
-            l[r] = l[r] * corr + sum;
-            m[r] = m1;
-            if (corr != 1.0f)
-                for (int64_t c = 0; c < C; c++) O[r * C + c] *= corr;
+            j->s->k->pv(S, KB2, (int)nr, cb, D, kn, (int)C, O, C);
         }
-        j->s->k->pv(S, KB2, (int)nr, cb, D, kn, (int)C, O, C);
     }
 }
 
 /* AVX-512 levels: the blocked kernels of kern_mla_*.c (lanes = rows in vectors of 16).
- * Thread t starts on chunk t of the cache rows; later chunks are taken from a shared
- * counter, so a thread that starts late (a worker waking up) or is preempted takes
- * fewer. Each chunk has its own running max, sum and output, merged afterwards in
- * chunk order: the result does not depend on which thread took which chunk. */
+ * The chunks of cache rows are split evenly into the threads' runs (cpu_wq): a thread
+ * walks its own run in order, so it knows its next chunk and requests that chunk's
+ * first rows in time, and when its run is done it takes chunks from the end of the
+ * others', so a thread that starts late (a worker waking up), is preempted or runs
+ * on a slower core does fewer. Each chunk has its own running max, sum and output,
+ * merged afterwards in chunk order: the result does not depend on which thread took
+ * which chunk. */
 typedef struct vdec_job {
     const mla_job *j;
     cpu_mla_dec d;
     int bf16;
     int64_t maxn, nl, chunk, nchunks;
-    _Atomic int64_t next;
     float *part;              /* per chunk: m[nl], l[nl], O[nl][C] */
     size_t part_floats;
     char *scr;                /* per thread: kernel scratch */
@@ -193,15 +218,14 @@ static void vdec_task(void *arg, int tid, int nt) {
     const mla_job *j = v->j;
     int64_t nl = v->nl;
     void *scr = v->scr + (size_t)tid * v->scr_bytes;
-    /* the W_UV rows of the heads this thread projects afterwards (out_task), a share
-     * with each of the chunks it expects to take */
-    const int64_t per = (v->nchunks + nt - 1) / nt, h0 = tid * j->H / nt, hn = (tid + 1) * j->H / nt - h0;
+    /* the W_UV rows of the heads this thread projects afterwards (its run of out_task),
+     * a share with each chunk of its own run */
+    const int64_t per = (tid + 1) * v->nchunks / nt - tid * v->nchunks / nt;
+    const int64_t h0 = tid * j->H / nt, hn = (tid + 1) * j->H / nt - h0;
     const int64_t es = j->w.dtype == FM_F8_E4M3 ? 1 : 2, pitch = (j->nope + j->v) * j->C * es;
-    /* chunk tid first, then each next one claimed when the previous starts, so its
-     * first rows can be requested during the previous one's last block */
-    for (int64_t c = tid, i = 0; c < v->nchunks; i++) {
-        int64_t cn = atomic_fetch_add_explicit(&v->next, 1, memory_order_relaxed);
-        cn = cn < v->nchunks ? cn : -1;
+    int owner;
+    for (int64_t c, i = 0; (c = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0; i++) {
+        int64_t cn = owner == tid ? cpu_wq_peek(&j->wq[tid]) : -1; /* this thread's next chunk, likely */
         int64_t k0 = c * v->chunk, k1 = k0 + v->chunk < v->maxn ? k0 + v->chunk : v->maxn;
         float *m = v->part + (size_t)c * v->part_floats, *l = m + nl, *O = l + nl;
         for (int64_t r = 0; r < nl; r++) m[r] = -INFINITY, l[r] = 0.0f;
@@ -215,8 +239,6 @@ static void vdec_task(void *arg, int tid, int nt) {
         } else {
             cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr, i == 0);
         }
-        if (cn < 0) break;
-        c = cn;
     }
 }
 
@@ -259,10 +281,7 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     for (int64_t r = 0; r < v.nl; r++) lim[r] = r < nr ? j->pos[j->t0 + r / j->H] : -1;
     v.d.lim = lim;
     size_t ks = v.bf16 ? cpu_mla_dec_scratch_avx512bf16(&v.d) : cpu_mla_dec_scratch_avx512(&v.d);
-    /* chunks of 1024 rows or more, at most 8 per thread (each chunk's partial output is
-     * read again by the merge, from another core's cache half the time) */
-    v.chunk = (maxn + 8 * nt - 1) / (8 * nt);
-    v.chunk = v.chunk < 1024 ? 1024 : (v.chunk + 63) & ~(int64_t)63;
+    v.chunk = dec_chunk(maxn);
     v.nchunks = (maxn + v.chunk - 1) / v.chunk;
     v.part_floats = ((size_t)(v.nl * (2 + j->C)) + 15) & ~(size_t)15;
     v.scr_bytes = (ks + 127) & ~(size_t)63;
@@ -270,7 +289,7 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
     v.part = (float *)buf;
     v.scr = buf + v.part_floats * (size_t)v.nchunks * 4;
-    atomic_store(&v.next, nt);
+    wq_split(j->wq, nt, v.nchunks);
     cpu_pool_run(s->pool, vdec_task, &v);
     j->part = v.part, j->part_floats = v.part_floats, j->part_nl = v.nl, j->np = (int)v.nchunks;
     return FM_OK;
@@ -280,12 +299,15 @@ static fm_status mla_decode(mla_job *j, int64_t nr, int64_t maxn) {
     cpu_state *s = j->s;
     if ((s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16) && nr <= CPU_MLA_DEC_ROWS) return mla_decode_vec(j, nr, maxn);
     int nt = cpu_pool_size(s->pool);
-    dec_job d = {.j = j, .nr = nr, .maxn = maxn};
-    d.part_floats = (size_t)(nr * (2 + j->C + KB2) + 16);
-    d.part = cpu_scratch(s, d.part_floats * (size_t)nt * 4);
+    dec_job d = {.j = j, .nr = nr, .maxn = maxn, .chunk = dec_chunk(maxn)};
+    d.nchunks = (maxn + d.chunk - 1) / d.chunk;
+    d.part_floats = ((size_t)(nr * (2 + j->C)) + 15) & ~(size_t)15;
+    d.part = cpu_scratch(s, (d.part_floats * (size_t)d.nchunks + (size_t)(nr * KB2) * (size_t)nt) * 4);
     if (!d.part) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
+    d.S = d.part + d.part_floats * (size_t)d.nchunks;
+    wq_split(j->wq, nt, d.nchunks);
     cpu_pool_run(s->pool, dec_task, &d);
-    j->part = d.part, j->part_floats = d.part_floats, j->part_nl = nr, j->np = nt;
+    j->part = d.part, j->part_floats = d.part_floats, j->part_nl = nr, j->np = (int)d.nchunks;
     return FM_OK;
 }
 
@@ -298,11 +320,12 @@ static void out_head(void *arg, int64_t h, int tid) {
                       j->out + j->t0 * j->H * j->v + h * j->v, j->H * j->v, j->tscr + (size_t)tid * j->per_thread);
 }
 
-/* A decode block's output: heads split evenly, thread t taking the t-th share (so the
- * attention can request that share's W_UV rows beforehand). */
+/* A decode block's output: heads split evenly into the threads' runs (the attention
+ * requested each run's W_UV rows beforehand), the rest taken from the ends of others'. */
 static void out_task(void *arg, int tid, int nt) {
-    for (int64_t h = tid * ((const mla_job *)arg)->H / nt, e = (tid + 1) * ((const mla_job *)arg)->H / nt; h < e; h++)
-        out_head(arg, h, tid);
+    const mla_job *j = arg;
+    int owner;
+    for (int64_t h; (h = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0;) out_head(arg, h, tid);
 }
 
 /* ---- naive form: per head, k_nope | v of every cache row in use through kv_b as a
@@ -420,7 +443,7 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
     j.per_thread = ((g > (size_t)j.C * 4 ? g : (size_t)j.C * 4) + 127) & ~(size_t)63;
     int need_wuk = T > 8;
     size_t bytes = (size_t)(rows * (j.D + KB + j.C + 2)) * 4 + (need_wuk ? (size_t)(j.H * j.nope * j.C) * 4 : 0) +
-                   j.per_thread * (size_t)nt + 256;
+                   j.per_thread * (size_t)nt + sizeof(cpu_wq) * (size_t)nt + 256;
     char *buf = cpu_scratch_slot(s, 3, bytes);
     if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn '%s': out of memory (%zu bytes)", nd->name, bytes);
     j.tscr = buf;
@@ -430,6 +453,7 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
     j.m = j.O + rows * j.C;
     j.l = j.m + rows;
     j.wuk = need_wuk ? j.l + rows : NULL;
+    j.wq = (cpu_wq *)(((uintptr_t)(j.l + rows + (need_wuk ? j.H * j.nope * j.C : 0)) + 63) & ~(uintptr_t)63);
     if (need_wuk) cpu_pool_for(s->pool, j.H, wuk_head, &j);
 
     for (j.t0 = 0; j.t0 < T; j.t0 += QB) {
@@ -437,6 +461,7 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
         int64_t nr = j.qn * j.H;
         /* q_abs | q_pe */
         if (j.qn == 1 && (s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16)) {
+            wq_split(j.wq, nt, j.H);
             cpu_pool_run(s->pool, qabs_task, &j);
         } else if (j.qn <= 8 || !need_wuk) {
             cpu_pool_for(s->pool, j.H, qabs_head, &j);
@@ -456,6 +481,7 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
         if (nr <= CPU_MLA_DEC_ROWS) { /* decode-sized block */
             fm_status st = mla_decode(&j, nr, maxn);
             if (st != FM_OK) return st;
+            wq_split(j.wq, nt, j.H);
             cpu_pool_run(s->pool, out_task, &j); /* merge and project */
             continue;
         }

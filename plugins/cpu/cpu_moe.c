@@ -170,10 +170,6 @@ static void sort_items(moe_item *v, int64_t n, const int64_t *off) {
 #define DEC_MAXT 8
 #define DEC_MAXTH 256
 
-typedef struct dec_queue {     /* units [head, tail) of one thread's run, packed head | tail << 32 */
-    _Alignas(64) _Atomic uint64_t ht;
-} dec_queue;
-
 typedef struct dec_job {
     const cpu_state *s;
     const fm_pl_node *nd;
@@ -193,35 +189,10 @@ typedef struct dec_job {
     size_t per_thread;
     int64_t ca, cb, nca, ncb;  /* chunk rows and chunk counts of phases A and B */
     int64_t c0a[DEC_MAXTH + 1], c0b[DEC_MAXTH + 1]; /* first chunk of each thread's run */
-    dec_queue *qa, *qb;        /* [nt] */
+    cpu_wq *qa, *qb;           /* [nt] */
     _Atomic int32_t *done;     /* [ncb] experts finished per chunk of H */
     _Atomic int64_t done_a;    /* phase A units finished */
 } dec_job;
-
-static uint64_t q_pack(uint32_t h, uint32_t t) { return (uint64_t)h | (uint64_t)t << 32; }
-
-/* the owner takes from the front, others from the back; -1 when empty */
-static int64_t q_take(dec_queue *q, int back) {
-    uint64_t v = atomic_load_explicit(&q->ht, memory_order_relaxed);
-    for (;;) {
-        uint32_t h = (uint32_t)v, t = (uint32_t)(v >> 32);
-        if (h >= t) return -1;
-        uint64_t nv = back ? q_pack(h, t - 1) : q_pack(h + 1, t);
-        if (atomic_compare_exchange_weak_explicit(&q->ht, &v, nv, memory_order_acq_rel, memory_order_relaxed))
-            return back ? (int64_t)t - 1 : (int64_t)h;
-    }
-}
-
-/* next unit for thread tid: its own, else stolen; *owner = whose run it is from */
-static int64_t dec_next(dec_queue *q, int tid, int nt, int *owner) {
-    int64_t u = q_take(&q[tid], 0);
-    if (u >= 0) return *owner = tid, u;
-    for (int d = 1; d < nt; d++) {
-        int v = (tid + d) % nt;
-        if ((u = q_take(&q[v], 1)) >= 0) return *owner = v, u;
-    }
-    return -1;
-}
 
 /* the first lines of a weight run, so its stream starts warm */
 static void dec_prefetch(const cpu_wmat *w, int64_t row) {
@@ -290,7 +261,7 @@ static void dec_task(void *arg, int tid, int nt) {
     float *g = (float *)(void *)(j->tscr + (size_t)tid * j->per_thread);
     int v;
     int64_t u, a, c;
-    while ((u = dec_next(j->qa, tid, nt, &v)) >= 0) {
+    while ((u = cpu_wq_next(j->qa, tid, nt, &v)) >= 0) {
         dec_unit_of(j->c0a, v, u, &a, &c);
         dec_unit_a(j, a, c, g);
         atomic_fetch_add_explicit(&j->done_a, 1, memory_order_release);
@@ -301,7 +272,7 @@ static void dec_task(void *arg, int tid, int nt) {
         if (spins < 20000) __builtin_ia32_pause();
         else sched_yield();
     }
-    while ((u = dec_next(j->qb, tid, nt, &v)) >= 0) {
+    while ((u = cpu_wq_next(j->qb, tid, nt, &v)) >= 0) {
         dec_unit_of(j->c0b, v, u, &a, &c);
         dec_unit_b(j, a, c);
     }
@@ -335,12 +306,12 @@ static fm_status moe_decode(cpu_state *s, const fm_pl_node *nd, int64_t T, int64
     int32_t *act, *slot;
     float *cwt, *xg, *xgs, *h, *hv = NULL, *hs = NULL, *o, *xq = NULL, *xqs = NULL;
     const float **xp, **xsp;
-    dec_queue *qa, *qb;
+    cpu_wq *qa, *qb;
     _Atomic int32_t *done;
     dec_job *j;
     TAKE(j, dec_job, 1);
-    TAKE(qa, dec_queue, nt);
-    TAKE(qb, dec_queue, nt);
+    TAKE(qa, cpu_wq, nt);
+    TAKE(qb, cpu_wq, nt);
     TAKE(done, _Atomic int32_t, ncb);
     TAKE(cnt, int64_t, E + 1);
     TAKE(pos, int64_t, E + 1);
@@ -413,8 +384,8 @@ static fm_status moe_decode(cpu_state *s, const fm_pl_node *nd, int64_t T, int64
                    .two = s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16};
     for (int v = 0; v <= nt; v++) j->c0a[v] = nca * v / nt, j->c0b[v] = ncb * v / nt;
     for (int v = 0; v < nt; v++) {
-        atomic_init(&qa[v].ht, q_pack(0, (uint32_t)(nact * (j->c0a[v + 1] - j->c0a[v]))));
-        atomic_init(&qb[v].ht, q_pack(0, (uint32_t)(nact * (j->c0b[v + 1] - j->c0b[v]))));
+        cpu_wq_init(&qa[v], 0, nact * (j->c0a[v + 1] - j->c0a[v]));
+        cpu_wq_init(&qb[v], 0, nact * (j->c0b[v + 1] - j->c0b[v]));
     }
     for (int64_t c = 0; c < ncb; c++) atomic_init(&done[c], 0);
     atomic_init(&j->done_a, 0);
