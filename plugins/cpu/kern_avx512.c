@@ -82,7 +82,6 @@ static void pack_b_kn(const float *b, int64_t ldb, int64_t n0, int nn, int64_t k
 
 
 /* The k loop over rows REP of the packed A panel (MR a k): accumulators c<i>0, c<i>1. */
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 #define STEP(i)                                     \
     {                                               \
         __m512 ai = _mm512_set1_ps(a[i]);           \
@@ -104,19 +103,10 @@ static void ukr(int kc, const float *a, const float *b, float *c, int64_t ldc, i
         _mm_prefetch((const char *)(c + i * ldc + nr - 1), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
     }
-    if (mr <= 7) { /* a short last strip: half the products (the panel's rows past mr are zeros) */
-        REP7(DECL)
-        KLOOP(REP7)
-        STORE_TILE_R(REP7, 7, c, ldc, mr, nr, add);
-        return;
-    }
-    REP14(DECL)
-    KLOOP(REP14)
-    STORE_TILE_14x32(c, ldc, mr, nr, add);
+    UKR_RUN(KLOOP, c, ldc, mr, nr, add);
 }
 #undef KLOOP
 #undef STEP
-#undef DECL
 
 /* ---- few rows: y[t, n] = x[t] . w[n], R weight rows at a time ---- */
 /* One function per (dtype, T): the decode is a compile-time constant, the fp8

@@ -127,4 +127,21 @@ static inline __m512 exp16(__m512 x) {
     } while (0)
 #define STORE_TILE_14x32(c, ldc, mr, nr, add) STORE_TILE_R(REP14, 14, c, ldc, mr, nr, add)
 
+/* A 14 x 32 micro-kernel's body around its k loop KLOOP(REP) (which updates the
+ * accumulators c<i>0, c<i>1 of the rows REP lists): a last strip of 7 rows or fewer
+ * runs the 7-row form, half the products and the same operations per row. */
+#define UKR_ACC(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
+#define UKR_RUN(KLOOP, c, ldc, mr, nr, add)                 \
+    do {                                                    \
+        if ((mr) <= 7) {                                    \
+            REP7(UKR_ACC)                                   \
+            KLOOP(REP7)                                     \
+            STORE_TILE_R(REP7, 7, c, ldc, mr, nr, add);     \
+        } else {                                            \
+            REP14(UKR_ACC)                                  \
+            KLOOP(REP14)                                    \
+            STORE_TILE_14x32(c, ldc, mr, nr, add);          \
+        }                                                   \
+    } while (0)
+
 #endif

@@ -73,7 +73,6 @@ void cpu_pack_b_bf16_avx512bf16(const cpu_wmat *w, int64_t n0, int nn, int64_t k
 }
 
 
-#define DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 #define STEP(i)                                               \
     {                                                         \
         __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i]); \
@@ -90,16 +89,7 @@ void cpu_pack_b_bf16_avx512bf16(const cpu_wmat *w, int64_t n0, int nn, int64_t k
 
 void cpu_ukr_bf16_avx512bf16(int kc2, const uint32_t *a, const uint16_t *b, float *c, int64_t ldc, int mr, int nr,
                              int add) {
-    if (mr <= 7) { /* a short last strip: half the products */
-        REP7(DECL)
-        KLOOP(REP7)
-        STORE_TILE_R(REP7, 7, c, ldc, mr, nr, add);
-        return;
-    }
-    REP14(DECL)
-    KLOOP(REP14)
-    STORE_TILE_14x32(c, ldc, mr, nr, add);
+    UKR_RUN(KLOOP, c, ldc, mr, nr, add);
 }
 #undef KLOOP
 #undef STEP
-#undef DECL
