@@ -13,7 +13,6 @@
  * with its own partial result; the thread that projects a head merges that head's
  * rows (out_head), with W_UV requested during the attention. */
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -242,8 +241,8 @@ static void vdec_task(void *arg, int tid, int nt) {
     }
 }
 
-/* Merges row r of the partial attention (per thread or per chunk) into O: each of np
- * parts holds, per query row, its running max (nl floats), its running sum (nl
+/* Merges row r of a decode block's partial attention into O: each of np chunks' parts
+ * holds, per query row, its running max (nl floats), its running sum (nl
  * floats), then rows of C unnormalised outputs. O = sum_t exp(m_t - M) O_t / sum_t
  * exp(m_t - M) l_t, in part order. The parts were written by other threads: their
  * rows are all requested first. */
