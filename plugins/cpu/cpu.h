@@ -244,11 +244,12 @@ CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512bf16(const cpu_mla_dec *d);
 CPU_HIDDEN void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
                                        void *scratch, int prep, const cpu_mla_pf *pf);
 /* Online-softmax step of one block (kern_mla_avx512.c, shared by both): S[kn][nl]
- * scores of rows kb.., scaled and masked in place into p = exp(s - m_new); m, l
- * updated; corr[nl] = exp(m_old - m_new). round_bf16: p rounded to bf16 (l sums
- * the rounded values). */
+ * scores of rows kb.., scaled and masked into p = exp(s - m_new); m, l updated;
+ * corr[nl] = exp(m_old - m_new). p goes back into S, or with Pp rounded to bf16 (l
+ * sums the rounded values) into Pp[(kn + 1) / 2][nl] as the pairs of two rows (an odd
+ * last row paired with zeros): P.V's broadcast operand. */
 CPU_HIDDEN void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, const int32_t *lim, float scale, float *m,
-                                       float *l, float *corr, int round_bf16);
+                                       float *l, float *corr, uint32_t *Pp);
 /* y[0:K) = sum over d < nrows of q[d] * (row r0 + d of w, decoded): one head's q_abs.
  * rnext: the first row the caller reads next (requested at the end), or -1. */
 CPU_HIDDEN void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y, int64_t rnext);

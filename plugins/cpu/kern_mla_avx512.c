@@ -29,7 +29,7 @@ static inline __m512 round_bf16(__m512 x) {
 }
 
 void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, const int32_t *lim, float scale, float *m, float *l,
-                            float *corr, int rb) {
+                            float *corr, uint32_t *Pp) {
     const int nl = nqv * 16;
     const __m512 ninf = _mm512_set1_ps(-INFINITY), sc = _mm512_set1_ps(scale);
     for (int v = 0; v < nqv; v++) {
@@ -53,9 +53,18 @@ void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, const int32_t
             __m512 x = _mm512_loadu_ps(s);
             __mmask16 ok = _mm512_mask_cmp_ps_mask(live, x, ninf, _CMP_NEQ_OQ);
             __m512 p = _mm512_maskz_mov_ps(ok, exp16(_mm512_sub_ps(x, m1)));
-            if (rb) p = round_bf16(p);
-            _mm512_storeu_ps(s, p);
+            if (!Pp) {
+                _mm512_storeu_ps(s, p);
+                sum = _mm512_add_ps(sum, p);
+                continue;
+            }
+            /* bf16 P: rows 2r2, 2r2 + 1 as the pairs of row pair r2 (an odd last row paired
+             * with zeros), each value's high half */
+            p = round_bf16(p);
             sum = _mm512_add_ps(sum, p);
+            __m512i u = _mm512_castps_si512(p), *dst = (__m512i *)(Pp + (int64_t)(r / 2) * nl + v * 16);
+            if (r % 2 == 0) _mm512_storeu_si512(dst, _mm512_srli_epi32(u, 16));
+            else _mm512_storeu_si512(dst, _mm512_or_si512(_mm512_loadu_si512(dst), u));
         }
         _mm512_storeu_ps(l + v * 16, _mm512_fmadd_ps(_mm512_loadu_ps(l + v * 16), cr, sum));
         _mm512_storeu_ps(m + v * 16, m1);
@@ -146,7 +155,7 @@ void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, 
             for (int64_t i = 0; i < kn * D; i += 16)
                 _mm512_storeu_ps(wide + i, bf16x16(_mm256_maskz_loadu_epi16(m16((int)(kn * D - i)), d->cache16 + kb * D + i)));
         scores(qT, nqv, cb, D, kn, S);
-        cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, 0);
+        cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, NULL);
         pv(S, nl, nq, cb, D, kn, C, corr, O);
     }
 }

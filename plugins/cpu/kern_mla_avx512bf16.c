@@ -35,15 +35,6 @@ static inline __m512 dp_bcst(__m512 acc, __m512bh b, const uint32_t *p) {
     return acc;
 }
 
-/* 16-bit lanes [a0..a15 b0..b15] -> [a0 b0 a1 b1 ...] */
-static inline __m512i interleave_idx(void) {
-    return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-                            19, 3, 18, 2, 17, 1, 16, 0);
-}
-static inline __m512i pairs16(__m512 a, __m512 b, __m512i idx) {
-    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-}
-
 /* S[i][lanes] = q . row i, rows i < nr of ld uint32 pairs each from cb (rows past nr
  * computed on the last row, not stored); pf: this tile's share of the next block's
  * rows (rowb bytes each) to request, or NULL. */
@@ -152,7 +143,6 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
     float *S = (float *)(Cb + MLA_KB * D2);
     uint32_t *Pp = (uint32_t *)(S + MLA_KB * nl);
     float *corr = (float *)(Pp + MLA_KB / 2 * nl);
-    const __m512i idx = interleave_idx();
     /* Qp[k2][lane]: each lane's row rounded in vectors (into the Cb scratch), then spread */
     for (int i = 0; i < nl && prep; i++) {
         uint32_t *row = Cb;
@@ -222,13 +212,7 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
         for (; r0 < kn; r0 += RT)
             scores_tile(cbk + r0 * ld, ld, kn - r0 < RT ? kn - r0 : RT, Qp, nqv, D2u, S + (int64_t)r0 * nl,
                         nx ? nx + r0 * rowb / 2 : NULL, rowb);
-        cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, 1);
-        for (int r2 = 0; r2 < kn2; r2++)
-            for (int v = 0; v < nqv; v++) {
-                __m512 a = _mm512_loadu_ps(S + (int64_t)(2 * r2) * nl + v * 16);
-                __m512 b = 2 * r2 + 1 < kn ? _mm512_loadu_ps(S + (int64_t)(2 * r2 + 1) * nl + v * 16) : _mm512_setzero_ps();
-                _mm512_storeu_si512(Pp + r2 * nl + v * 16, pairs16(a, b, idx));
-            }
+        cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, Pp);
         /* P.V: O[lane][c] = O corr + sum over row pairs, 16 columns of 16 lanes at a
          * time; the second half of the next block requested meanwhile */
         const int64_t pv_steps = (int64_t)((nq + 15) / 16) * ((C + 15) / 16) * kn2;
