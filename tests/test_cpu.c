@@ -688,6 +688,41 @@ START_TEST(t_moe_route) {
 }
 END_TEST
 
+/* The double reference of moe_experts: r (and a, the sum of magnitudes) += per token
+ * the weighted SwiGLU experts it routes to (w: gate, up, down per expert); with aq the
+ * fp8 path, each product exactly as the README formula (checked above). */
+static void moe_ref(const float *x, const float *wts, const int32_t *ids, int64_t T, int K, int64_t H, int64_t I,
+                    const wt *w, int aq, double *r, double *a) {
+    double *hb = malloc((size_t)I * 8);
+    float *hq = malloc((size_t)I * 4), *gq = malloc((size_t)I * 4), *uq = malloc((size_t)I * 4), *oq = malloc((size_t)H * 4);
+    for (int64_t t = 0; t < T; t++)
+        for (int j = 0; j < K; j++) {
+            int e = ids[t * K + j];
+            if (aq) {
+                ref_fp8(x + t * H, 1, &w[3 * e], gq);
+                ref_fp8(x + t * H, 1, &w[3 * e + 1], uq);
+                for (int64_t i = 0; i < I; i++) hq[i] = gq[i] / (1.0f + expf(-gq[i])) * uq[i];
+                ref_fp8(hq, 1, &w[3 * e + 2], oq);
+                for (int64_t h = 0; h < H; h++)
+                    r[t * H + h] += (double)wts[t * K + j] * oq[h], a[t * H + h] += fabs(wts[t * K + j] * oq[h]);
+                continue;
+            }
+            for (int64_t i = 0; i < I; i++) {
+                double g = 0, u = 0;
+                for (int64_t h = 0; h < H; h++)
+                    g += x[t * H + h] * wt_at(&w[3 * e], i, h), u += x[t * H + h] * wt_at(&w[3 * e + 1], i, h);
+                hb[i] = g / (1 + exp(-g)) * u;
+            }
+            for (int64_t h = 0; h < H; h++) {
+                double o = 0, oa = 0;
+                for (int64_t i = 0; i < I; i++)
+                    o += hb[i] * wt_at(&w[3 * e + 2], h, i), oa += fabs(hb[i] * wt_at(&w[3 * e + 2], h, i));
+                r[t * H + h] += wts[t * K + j] * o, a[t * H + h] += fabs(wts[t * K + j]) * oa;
+            }
+        }
+    free(hb), free(hq), free(gq), free(uq), free(oq);
+}
+
 static void moe_case(int dtype, int64_t T, int64_t H, int64_t I, int aq) {
     enum { E = 6, K = 2 };
     wt w[3 * E];
@@ -707,35 +742,13 @@ static void moe_case(int dtype, int64_t T, int64_t H, int64_t I, int aq) {
     const fm_pl_tensor *dst[1] = {&ty};
     fm_moe_experts_params p = {.n_experts = E, .act_quant = aq};
     ck_assert_int_eq(run_node(FM_OP_MOE_EXPERTS, src, 3 + 3 * E, dst, 1, &p), FM_OK);
-    double *hb = malloc((size_t)I * 8), *r = calloc((size_t)(T * H), 8), *a = calloc((size_t)(T * H), 8);
-    float *hq = malloc((size_t)I * 4), *gq = malloc((size_t)I * 4), *uq = malloc((size_t)I * 4), *oq = malloc((size_t)H * 4);
-    for (int64_t t = 0; t < T; t++)
-        for (int j = 0; j < K; j++) {
-            int e = ids[t * K + j];
-            if (aq) { /* the fp8 path: each product exactly as the README formula (checked above) */
-                ref_fp8(x + t * H, 1, &w[3 * e], gq);
-                ref_fp8(x + t * H, 1, &w[3 * e + 1], uq);
-                for (int64_t i = 0; i < I; i++) hq[i] = gq[i] / (1.0f + expf(-gq[i])) * uq[i];
-                ref_fp8(hq, 1, &w[3 * e + 2], oq);
-                for (int64_t h = 0; h < H; h++) r[t * H + h] += (double)wts[t * K + j] * oq[h], a[t * H + h] += fabs(wts[t * K + j] * oq[h]);
-                continue;
-            }
-            for (int64_t i = 0; i < I; i++) {
-                double g = 0, u = 0;
-                for (int64_t h = 0; h < H; h++) g += x[t * H + h] * wt_at(&w[3 * e], i, h), u += x[t * H + h] * wt_at(&w[3 * e + 1], i, h);
-                hb[i] = g / (1 + exp(-g)) * u;
-            }
-            for (int64_t h = 0; h < H; h++) {
-                double o = 0, oa = 0;
-                for (int64_t i = 0; i < I; i++) o += hb[i] * wt_at(&w[3 * e + 2], h, i), oa += fabs(hb[i] * wt_at(&w[3 * e + 2], h, i));
-                r[t * H + h] += wts[t * K + j] * o, a[t * H + h] += fabs(wts[t * K + j]) * oa;
-            }
-        }
+    double *r = calloc((size_t)(T * H), 8), *a = calloc((size_t)(T * H), 8);
+    moe_ref(x, wts, ids, T, K, H, I, w, aq, r, a);
     /* fp8: a code of the SwiGLU output may round the other way (f32 exp); bf16-compute rounds activations */
     double rel = aq ? 2e-2 : cur_isa == 3 && dtype == FM_BF16 ? 2e-2 : 2e-5;
     close_to(y, r, a, T * H, rel, aq ? "moe_experts fp8 act_quant" : "moe_experts");
     for (int e = 0; e < 3 * E; e++) wt_free(&w[e]);
-    free(x), free(wts), free(y), free(ids), free(hb), free(r), free(a), free(hq), free(gq), free(uq), free(oq);
+    free(x), free(wts), free(y), free(ids), free(r), free(a);
 }
 
 START_TEST(t_moe_experts) {
@@ -890,7 +903,7 @@ START_TEST(t_mla_bf16_cache) {
     mla_case_at(FM_BF16, 1, q1, FM_BF16, 512, 64, 1300);
     mla_case_at(FM_BF16, 1, q1, FM_F32, 512, 64, 1300);
     mla_case_at(FM_F8_E4M3, 1, q1, FM_BF16, 512, 64, 1300); /* fp8 kv_b: q_abs's 256-column fp8 path */
-    int32_t q2[2] = {3299, 2500}; /* decode chunks past the threads' first ones: taken from the counter */
+    int32_t q2[2] = {3299, 2500}; /* four chunks: every thread's run holds more than one */
     mla_case_at(FM_BF16, 2, q2, FM_BF16, 512, 64, 3300);
     free(p50);
 }
@@ -927,37 +940,12 @@ static void moe_decode_case(int dtype, int64_t T, int64_t H, int64_t I, int aq) 
         else ck_assert_msg(!memcmp(y1, y, (size_t)(T * H) * 4), "%s moe decode T=%lld: %s threads differ from 1",
                            isas[cur_isa], (long long)T, thr[q]);
     }
-    double *hb = malloc((size_t)I * 8), *r = calloc((size_t)(T * H), 8), *a = calloc((size_t)(T * H), 8);
-    float *hq = malloc((size_t)I * 4), *gq = malloc((size_t)I * 4), *uq = malloc((size_t)I * 4), *oq = malloc((size_t)H * 4);
-    for (int64_t t = 0; t < T; t++)
-        for (int j = 0; j < K; j++) {
-            int e = ids[t * K + j];
-            if (aq) {
-                ref_fp8(x + t * H, 1, &w[3 * e], gq);
-                ref_fp8(x + t * H, 1, &w[3 * e + 1], uq);
-                for (int64_t i = 0; i < I; i++) hq[i] = gq[i] / (1.0f + expf(-gq[i])) * uq[i];
-                ref_fp8(hq, 1, &w[3 * e + 2], oq);
-                for (int64_t h = 0; h < H; h++)
-                    r[t * H + h] += (double)wts[t * K + j] * oq[h], a[t * H + h] += fabs(wts[t * K + j] * oq[h]);
-                continue;
-            }
-            for (int64_t i = 0; i < I; i++) {
-                double g = 0, u = 0;
-                for (int64_t h = 0; h < H; h++)
-                    g += x[t * H + h] * wt_at(&w[3 * e], i, h), u += x[t * H + h] * wt_at(&w[3 * e + 1], i, h);
-                hb[i] = g / (1 + exp(-g)) * u;
-            }
-            for (int64_t h = 0; h < H; h++) {
-                double o = 0, oa = 0;
-                for (int64_t i = 0; i < I; i++)
-                    o += hb[i] * wt_at(&w[3 * e + 2], h, i), oa += fabs(hb[i] * wt_at(&w[3 * e + 2], h, i));
-                r[t * H + h] += wts[t * K + j] * o, a[t * H + h] += fabs(wts[t * K + j]) * oa;
-            }
-        }
+    double *r = calloc((size_t)(T * H), 8), *a = calloc((size_t)(T * H), 8);
+    moe_ref(x, wts, ids, T, K, H, I, w, aq, r, a);
     close_to(y, r, a, T * H, aq ? 2e-2 : 2e-5, aq ? "moe decode fp8 act_quant" : "moe decode");
     P->control(S, "threads", "auto");
     for (int e = 0; e < 3 * E; e++) wt_free(&w[e]);
-    free(x), free(wts), free(y), free(y1), free(ids), free(hb), free(r), free(a), free(hq), free(gq), free(uq), free(oq);
+    free(x), free(wts), free(y), free(y1), free(ids), free(r), free(a);
 }
 
 START_TEST(t_moe_decode) {

@@ -87,6 +87,9 @@ typedef struct bench_peer {
     int ok;
 } bench_peer;
 int  bench_peer_load(bench_peer *p, const char *name, int threads);
+/* The BLAS peers `which` names ("auto": OpenBLAS and BLIS) into peers[0..1]; returns how
+ * many loaded (each one that did not is reported with why). */
+int  bench_peers_load(const char *which, int threads, bench_peer peers[2]);
 void bench_peer_unload(bench_peer *p);
 /* y[m, n] = x[m, k] w[n, k]^T */
 void bench_peer_gemm(const bench_peer *p, int64_t m, int64_t n, int64_t k, const float *x, int64_t ldx,

@@ -121,13 +121,7 @@ int bench_gemm(const bench_opts *o) {
 
     /* peers */
     bench_peer peers[2];
-    int np = 0;
-    const char *names[2] = {"openblas", "blis"};
-    for (int i = 0; i < 2; i++) {
-        if (strcmp(o->peer, "auto") && strcmp(o->peer, names[i])) continue;
-        if (bench_peer_load(&peers[np], names[i], nt) == 0) np++;
-        else bench_progress("peer %s unavailable: %s", names[i], peers[np].why);
-    }
+    int np = bench_peers_load(o->peer, nt, peers);
     bench_probes(o, &r);
 
     gemm_ctx cx[3];

@@ -56,6 +56,17 @@ int bench_peer_load(bench_peer *p, const char *name, int threads) {
     return 0;
 }
 
+int bench_peers_load(const char *which, int threads, bench_peer peers[2]) {
+    static const char *const names[2] = {"openblas", "blis"};
+    int np = 0;
+    for (int i = 0; i < 2; i++) {
+        if (strcmp(which, "auto") && strcmp(which, names[i])) continue;
+        if (bench_peer_load(&peers[np], names[i], threads) == 0) np++;
+        else bench_progress("peer %s unavailable: %s", names[i], peers[np].why);
+    }
+    return np;
+}
+
 void bench_peer_unload(bench_peer *p) {
     /* not dlclose'd: OpenMP/pthread runtimes inside may still hold threads */
     p->ok = 0;
