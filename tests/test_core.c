@@ -7,6 +7,7 @@
 
 #include "fathom/fathom.h"
 #include "fathom/plugin.h"
+#include "internal.h"
 
 static char plugin_path[1024];
 
@@ -327,6 +328,53 @@ START_TEST(allocation_failures_return_enomem) {
 END_TEST
 
 /* Liveness: a chain of 64 adds needs two live intermediates, not 64. */
+/* smaps' THPeligible of the mapping that holds p: 1 when the kernel may back it with
+ * huge pages (in THP mode "madvise": marked with MADV_HUGEPAGE), 0, or -1: not found */
+static int thp_eligible(const void *p) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    int in = 0, r = -1;
+    while (r < 0 && fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        char perm[8];
+        if (sscanf(line, "%lx-%lx %7s", &a, &b, perm) == 3) /* a mapping's first line */
+            in = (uintptr_t)p >= a && (uintptr_t)p < b;
+        else if (in && !strncmp(line, "THPeligible:", 12))
+            r = atoi(line + 12);
+    }
+    fclose(f);
+    return r;
+}
+
+/* fm_alloc (the context's allocator, host->alloc for plugins): zeroed and 64-byte
+ * aligned; from 2 MiB on 2 MiB aligned and marked for transparent huge pages */
+START_TEST(alloc_asks_huge_pages_for_large_buffers) {
+    const size_t n = ((size_t)5 << 20) + 100;
+    unsigned char *small = fm_alloc(NULL, 1000), *big = fm_alloc(NULL, n);
+    ck_assert_ptr_nonnull(small);
+    ck_assert_ptr_nonnull(big);
+    ck_assert_uint_eq((uintptr_t)small % 64, 0);
+    ck_assert_uint_eq((uintptr_t)big % ((size_t)2 << 20), 0);
+    for (size_t i = 0; i < n; i += 4093) ck_assert_uint_eq(big[i], 0);
+    ck_assert_uint_eq(big[n - 1], 0);
+    char mode[256] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f) {
+        if (!fgets(mode, sizeof mode, f)) mode[0] = 0;
+        mode[strcspn(mode, "\n")] = 0;
+        fclose(f);
+    }
+    if (strstr(mode, "[madvise]") || strstr(mode, "[always]"))
+        ck_assert_msg(thp_eligible(big) == 1, "a 5 MiB buffer is not marked for huge pages (THP mode %s)", mode);
+    else
+        fprintf(stderr, "alloc_asks_huge_pages_for_large_buffers: the huge-page check skipped: this kernel offers "
+                        "no transparent huge pages (%s)\n", mode[0] ? mode : "no THP settings");
+    fm_free(small);
+    fm_free(big);
+}
+END_TEST
+
 START_TEST(memory_plan_reuses_dead_tensors) {
     fm_ctx *ctx = ctx_with_test_plugins();
     fm_graph *g;
@@ -405,6 +453,7 @@ int main(void) {
     tcase_add_test(tc, private_memory_backend_gets_copies);
     tcase_add_test(tc, allocation_failures_return_enomem);
     tcase_add_test(tc, memory_plan_reuses_dead_tensors);
+    tcase_add_test(tc, alloc_asks_huge_pages_for_large_buffers);
     tcase_add_test(tc, run_reports_unset_input_and_bad_sizes);
     tcase_add_test(tc, trace_is_chrome_json_with_every_node);
     suite_add_tcase(s, tc);

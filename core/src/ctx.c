@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "internal.h"
@@ -50,11 +51,25 @@ const char *fm_ctx_error(const fm_ctx *ctx) { return ctx ? ctx->err : "no contex
 
 void fm_ctx_fail_alloc_after(fm_ctx *ctx, int64_t n) { ctx->fail_alloc_after = n; }
 
+/* Zeroed and 64-byte aligned. A buffer of 2 MiB or more (a layer's KV cache, an
+ * arena) starts on a 2 MiB boundary with its whole 2 MiB spans marked for
+ * transparent huge pages (a hint; in the usual THP mode, "madvise", the kernel grants
+ * them only when asked), as the kernel already maps a checkpoint's weights from the
+ * page cache: a decode step reads such buffers once each, from memory, and in 4 KiB
+ * pages every 4 KiB costs a page walk (docs/cpu.md, MLA decode: 10-30%). */
+#define FM_HUGE ((size_t)2 << 20)
 void *fm_alloc(fm_ctx *ctx, size_t size) {
     if (ctx && ctx->fail_alloc_after > 0 && --ctx->fail_alloc_after == 0) return NULL;
-    size_t rounded = (size + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, rounded ? rounded : 64);
-    if (p) memset(p, 0, rounded ? rounded : 64);
+    size_t rounded = size ? (size + 63) & ~(size_t)63 : 64;
+    void *p = NULL;
+    if (rounded < FM_HUGE) {
+        p = aligned_alloc(64, rounded);
+    } else if (!posix_memalign(&p, FM_HUGE, rounded)) {
+#ifdef MADV_HUGEPAGE
+        (void)madvise(p, rounded & ~(FM_HUGE - 1), MADV_HUGEPAGE);
+#endif
+    }
+    if (p) memset(p, 0, rounded);
     return p;
 }
 

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/mman.h>
+
 #include "bench.h"
 
 static uint64_t rng = 0x853c49e6748fea9bull;
@@ -20,15 +22,21 @@ static float frand(void) {
     rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
     return (float)((double)(rng >> 11) * 0x1p-52 - 1.0);
 }
-/* 64-byte aligned, as the model allocates its cache (fm_alloc): rows of 64-byte
- * multiples then start on cache lines */
+/* Laid out as the model's memory: 64-byte aligned (rows of 64-byte multiples then
+ * start on cache lines), and from 2 MiB on in 2 MiB pages where the system grants
+ * them - the cache as fm_alloc allocates a KV cache, kv_b as the kernel maps a
+ * checkpoint file (page-cache large folios, mapped 2 MiB at a time). */
 static void *xmalloc(size_t n) {
+    const size_t huge = (size_t)2 << 20;
     void *p = NULL;
-    if (posix_memalign(&p, 64, n ? n : 1)) p = NULL;
+    if (posix_memalign(&p, n >= huge ? huge : 64, n ? n : 1)) p = NULL;
     if (!p) {
         fprintf(stderr, "fathom bench: out of memory (%zu bytes)\n", n);
         exit(1);
     }
+#ifdef MADV_HUGEPAGE
+    if (n >= huge) (void)madvise(p, n & ~(huge - 1), MADV_HUGEPAGE);
+#endif
     return p;
 }
 static void bf16_fill(uint16_t *d, int64_t n, float amp) {
