@@ -161,36 +161,67 @@ void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, 
 }
 
 /* y[0:K) = sum_d q[d] w[r0 + d][0:K) (K = w->K): q_abs of one token and head, rows in
- * order (the same f32 operations as an axpy per row). bf16 and fp8 rows: one pass, y
- * kept in L1 (stored and reloaded each row), each row's lines requested QA_PD rows
- * ahead - after the last rows, the first ones of rnext (the caller's next head). One
- * pass streams the rows as they lie; fp8 folds each 128-column block's scale into the
- * broadcast query. Other dtypes: 256 columns at a time in 16 accumulators. */
+ * order (the same f32 operations as an axpy per row); rows are requested QA_PD ahead,
+ * and over the last ones the first rows of rnext (the caller's next head).
+ *   bf16: one pass, y kept in L1 (stored and reloaded each row), so the rows stream
+ *         from memory as they lie while the FMAs run (cold, the bound: 2 MiB for 16
+ *         heads; 256-column passes with y in registers took 30% longer from memory).
+ *   fp8:  256 columns a pass in 16 accumulators (the decode makes fp8 compute-bound:
+ *         one pass with y in L1 took 1.9x as long in cache, 1.5x from memory), each
+ *         128-column block's scale folded into the broadcast query; the first pass
+ *         requests whole rows, the later ones find them in cache.
+ * Other dtypes: 256 columns at a time in 16 accumulators, scales per value. */
 #define QA_PD 8
+/* fp8, one pass: columns [c0, c0 + 256), all of them when whole */
+static inline __attribute__((always_inline)) void qabs_fp8_pass(const float *q, int64_t nrows, const cpu_wmat *w,
+                                                               int64_t r0, float *y, int64_t rnext, int64_t c0,
+                                                               int whole) {
+    const int64_t K = w->K;
+    const char *base = w->data;
+    const int first = c0 == 0, last = c0 + 256 >= K;
+    __mmask16 km[16];
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps(), km[i] = whole ? 0xffff : m16((int)(K - c0 - 16 * i));
+    for (int64_t d = 0; d < nrows; d++) {
+        const char *pf = first && d + QA_PD < nrows ? base + (r0 + d + QA_PD) * K
+                         : last && d + QA_PD >= nrows && rnext >= 0 ? base + (rnext + d + QA_PD - nrows) * K
+                                                                    : NULL;
+        if (pf)
+            for (int64_t l = 0; l < K; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
+        const char *row = base + (r0 + d) * K + c0;
+        const float *sr = w->scale + ((r0 + d) / CPU_QB) * w->scale_ld + c0 / CPU_QB;
+        const __m512 q0 = _mm512_set1_ps(q[d] * sr[0]), q1 = _mm512_set1_ps(whole || c0 + 128 < K ? q[d] * sr[1] : 0.0f);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            __m128i b = whole ? _mm_loadu_si128((const __m128i *)(row + 16 * i)) : _mm_maskz_loadu_epi8(km[i], row + 16 * i);
+            acc[i] = _mm512_fmadd_ps(i < 8 ? q0 : q1, e4m3x16(b), acc[i]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) _mm512_mask_storeu_ps(y + c0 + 16 * i, km[i], acc[i]);
+}
+
 void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y, int64_t rnext) {
     const int64_t K = w->K;
-    const int es = w->dtype == FM_F8_E4M3 ? 1 : 2;
-    if ((w->dtype == FM_BF16 || (w->dtype == FM_F8_E4M3 && w->scale)) && K % 16 == 0) {
-        const char *base = w->data;
+    if (w->dtype == FM_F8_E4M3 && w->scale) {
+        int64_t c0 = 0;
+        for (; c0 + 256 <= K; c0 += 256) qabs_fp8_pass(q, nrows, w, r0, y, rnext, c0, 1);
+        if (c0 < K) qabs_fp8_pass(q, nrows, w, r0, y, rnext, c0, 0);
+        return;
+    }
+    if (w->dtype == FM_BF16 && K % 16 == 0) {
+        const uint16_t *base = w->data;
         for (int64_t k = 0; k < K; k += 16) _mm512_storeu_ps(y + k, _mm512_setzero_ps());
         for (int64_t d = 0; d < nrows; d++) {
             int64_t pr = d + QA_PD < nrows ? r0 + d + QA_PD : rnext >= 0 ? rnext + d + QA_PD - nrows : r0 + d;
-            const char *pf = base + pr * K * es, *row = base + (r0 + d) * K * es;
-            for (int64_t l = 0; l < K * es; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
-            if (es == 2) {
-                const __m512 qd = _mm512_set1_ps(q[d]);
-                const uint16_t *wd = (const uint16_t *)row;
-                for (int64_t k = 0; k < K; k += 16)
-                    _mm512_storeu_ps(y + k, _mm512_fmadd_ps(qd, bf16x16(_mm256_loadu_si256((const __m256i *)(wd + k))),
-                                                            _mm512_loadu_ps(y + k)));
-            } else {
-                const float *sr = w->scale + ((r0 + d) / CPU_QB) * w->scale_ld;
-                for (int64_t k = 0; k < K; k += 16) {
-                    __m512 qd = _mm512_set1_ps(q[d] * sr[k / CPU_QB]);
-                    _mm512_storeu_ps(y + k, _mm512_fmadd_ps(qd, e4m3x16(_mm_loadu_si128((const __m128i *)(row + k))),
-                                                            _mm512_loadu_ps(y + k)));
-                }
-            }
+            const char *pf = (const char *)(base + pr * K);
+            for (int64_t l = 0; l < K * 2; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
+            const __m512 qd = _mm512_set1_ps(q[d]);
+            const uint16_t *wd = base + (r0 + d) * K;
+            for (int64_t k = 0; k < K; k += 16)
+                _mm512_storeu_ps(y + k, _mm512_fmadd_ps(qd, bf16x16(_mm256_loadu_si256((const __m256i *)(wd + k))),
+                                                        _mm512_loadu_ps(y + k)));
         }
         return;
     }
