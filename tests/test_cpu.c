@@ -848,12 +848,16 @@ START_TEST(t_mla_decode_lanes) {
     for (int i = 0; i < 42; i++) p42[i] = (int32_t)((i * 263 + 5) % 1100);
     mla_case(FM_F32, 42, p42);
     mla_case(FM_BF16, 42, p42);
+    /* 3300 rows (six chunks): the first token's lanes have keys in the first chunk only,
+     * so chunks without keys for a lane are combined with each other and with live ones */
+    int32_t pfar[2] = {3, 3299};
+    mla_case_at(FM_BF16, 2, pfar, FM_F32, 40, 8, 3300);
 }
 END_TEST
 
 /* Decode results must not depend on the thread count or on which thread took which
- * head or chunk of cache rows (each chunk's partial result is merged in chunk order):
- * 1, 2 and 3 threads give the same bits, with 4 chunks of rows and 16 heads. */
+ * head or chunk of cache rows (the chunks' partial results are combined in a fixed
+ * tree): 1, 2 and 3 threads give the same bits, with 6 chunks of rows and 16 heads. */
 START_TEST(t_mla_threads) {
     if (!use_isa(_i)) return;
     if (cur_isa == 3) ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK);
@@ -903,7 +907,7 @@ START_TEST(t_mla_bf16_cache) {
     mla_case_at(FM_BF16, 1, q1, FM_BF16, 512, 64, 1300);
     mla_case_at(FM_BF16, 1, q1, FM_F32, 512, 64, 1300);
     mla_case_at(FM_F8_E4M3, 1, q1, FM_BF16, 512, 64, 1300); /* fp8 kv_b: q_abs's 256-column fp8 path */
-    int32_t q2[2] = {3299, 2500}; /* four chunks: every thread's run holds more than one */
+    int32_t q2[2] = {3299, 2500}; /* six chunks: every thread's run holds three */
     mla_case_at(FM_BF16, 2, q2, FM_BF16, 512, 64, 3300);
     free(p50);
 }

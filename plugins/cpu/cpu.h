@@ -243,6 +243,7 @@ typedef struct cpu_mla_pf {
 CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512bf16(const cpu_mla_dec *d);
 CPU_HIDDEN void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
                                        void *scratch, int prep, const cpu_mla_pf *pf);
+CPU_HIDDEN void cpu_mla_o_row_avx512bf16(const float *O, float a, int64_t C, float *o);
 /* Online-softmax step of one block (kern_mla_avx512.c, shared by both): S[kn][nl]
  * scores of rows kb.., scaled and masked into p = exp(s - m_new); m, l updated;
  * corr[nl] = exp(m_old - m_new). p goes back into S, or with Pp rounded to bf16 (l

@@ -9,9 +9,10 @@
  * O += P C - and finally out = W_UV o_lat per head. Memory is O(rows x (KB +
  * kv_lora)), independent of the context length; the cache is read once per
  * query block. Decode-sized blocks on the AVX-512 levels run the kernels of
- * kern_mla_*.c (mla_decode_vec): cache rows split across threads in chunks, each
- * with its own partial result; the thread that projects a head merges that head's
- * rows (out_head), with W_UV requested during the attention. */
+ * kern_mla_*.c (mla_decode_vec): cache rows split across threads in chunks
+ * (dec_plan), each with its own partial result, combined in a fixed tree as the
+ * chunks finish (chunk_tree); the thread that projects a head normalises that
+ * head's rows (out_head), with W_UV requested during the attention. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,10 +54,9 @@ typedef struct mla_job {
     size_t per_thread;
     int64_t kb0, kn;          /* the key block */
     cpu_wq *wq;               /* [threads] the work queues of a decode block's phases, one phase at a time */
-    const float *part;        /* a decode block's partial attention: np parts (merge_row) */
-    size_t part_floats;
+    const float *part;        /* a decode block's attention, unnormalised (chunk_tree), or NULL */
     int64_t part_nl;
-    int np;
+    int part_perm;            /* part's columns in the bf16 kernel's order (cpu_mla_o_row_avx512bf16) */
 } mla_job;
 
 /* q_abs of every token of the block for head h, streaming its nope kv_b rows. */
@@ -133,25 +133,141 @@ static void softmax_row(void *arg, int64_t r, int tid) {
     }
 }
 
-/* ---- decode: few rows, the keys split across threads (each thread a running max,
- * sum and output per row over its key range; merged afterwards) ---- */
+/* ---- decode: few rows, the keys split across threads in chunks (each a running max,
+ * sum and output per row over its key range; combined afterwards) ---- */
 
 #define KB2 128
 
-/* Decode chunks of cache rows: 1024 rows or more, at most 64 (each chunk's partial
- * output is read again by the merge, from another core's cache half the time). The
- * size depends on the context alone, so the result does not depend on the thread
- * count either. */
-static int64_t dec_chunk(int64_t maxn) {
-    int64_t c = (maxn + 63) / 64;
-    return c < 1024 ? 1024 : (c + 63) & ~(int64_t)63;
+/* The chunks of a decode block's cache rows [0, n): halves at the middle, each cut
+ * from its outer end toward the middle into chunks of half what is left, down to
+ * CHUNK_MIN rows (4096 rows: 1024 512 256 256 | 256 256 512 1024). The threads' runs
+ * (cpu_wq) are over positions in `order`, which walks each half toward the middle,
+ * so the chunks another thread takes from the end of a run are the small ones: when
+ * one core runs slower (a shared machine's do, by 20% for minutes at a time) the
+ * other takes over its last few hundred rows, not a quarter of the work. The chunks
+ * depend on the context alone, so the result does not depend on the thread count. */
+#define CHUNK_MIN 256
+#define CHUNKS_MAX 64
+
+typedef struct dec_plan {
+    int n;
+    int64_t lo[CHUNKS_MAX + 1]; /* chunk i: rows [lo[i], lo[i + 1]) */
+    int order[CHUNKS_MAX];
+} dec_plan;
+
+/* n rows cut from one end: sizes from that end */
+static int cut_half(int64_t n, int64_t *sz) {
+    int k = 0;
+    while (n >= 2 * CHUNK_MIN && k < CHUNKS_MAX / 2 - 1) {
+        int64_t a = (n / 2 + 127) & ~(int64_t)127;
+        sz[k++] = a, n -= a;
+    }
+    if (n > 0) sz[k++] = n;
+    return k;
 }
+
+static void plan_make(dec_plan *p, int64_t maxn) {
+    int64_t a[CHUNKS_MAX / 2], b[CHUNKS_MAX / 2];
+    int64_t mid = maxn < 2 * CHUNK_MIN ? maxn : (maxn / 2 + 127) & ~(int64_t)127;
+    int na = cut_half(mid, a), nb = maxn > mid ? cut_half(maxn - mid, b) : 0;
+    p->n = na + nb;
+    p->lo[0] = 0;
+    for (int i = 0; i < na; i++) p->lo[i + 1] = p->lo[i] + a[i], p->order[i] = i;
+    for (int i = 0; i < nb; i++) p->lo[na + i + 1] = p->lo[na + i] + b[nb - 1 - i], p->order[na + i] = p->n - 1 - i;
+}
+
+static int64_t plan_rows(const dec_plan *p, int pos) { return p->lo[p->order[pos] + 1] - p->lo[p->order[pos]]; }
+
+/* thread t's run: the positions [*s, *e) whose rows' middles fall in its share */
+static void plan_run(const dec_plan *p, int t, int nt, int *s, int *e) {
+    int pos = 0;
+    int64_t acc = 0, maxn = p->lo[p->n];
+    for (int u = 0; u <= t; u++) {
+        *s = pos;
+        for (; pos < p->n; pos++) {
+            int64_t r = plan_rows(p, pos);
+            if (u < nt - 1 && (2 * acc + r) * nt >= 2 * (u + 1) * maxn) break;
+            acc += r;
+        }
+    }
+    *e = pos;
+}
+
+static void plan_split(const dec_plan *p, cpu_wq *q, int nt) {
+    for (int t = 0; t < nt; t++) {
+        int s, e;
+        plan_run(p, t, nt, &s, &e);
+        cpu_wq_init(&q[t], s, e);
+    }
+}
+
+/* A decode block's chunks each give a partial attention - per lane (query row) its
+ * running max m, sum l and unnormalised output O: m[nl], l[nl], O[nl][C] in one part
+ * of pf floats - combined pairwise in a fixed binary tree over the chunks: node (k, i)
+ * covers chunks [i 2^k, (i + 1) 2^k) and is kept in the part of its first chunk. The
+ * thread that completes a node's second child combines the two, so the combining runs
+ * while chunks are still being computed, mostly on the thread that holds both in its
+ * cache; the root ends in part 0. The arithmetic depends on the tree alone, not on
+ * which thread did what. */
+typedef struct chunk_tree {
+    float *part;
+    size_t pf;
+    int64_t nl, nr, C, n;     /* lanes per part, lanes in use, columns, chunks */
+    _Atomic int *done;        /* [levels][n]: children of node (k + 1, i) done */
+    const cpu_kern *k;
+} chunk_tree;
+
+static size_t tree_levels(int64_t n) {
+    size_t k = 0;
+    while (((int64_t)1 << k) < n) k++;
+    return k;
+}
+
+/* part a = a (+) b, lane by lane: O = O_a e^(m_a - M) + O_b e^(m_b - M) and so l, M =
+ * max(m_a, m_b); the factor of the larger is 1, so one scaled add (b is used up) */
+static void tree_combine(const chunk_tree *t, float *a, float *b) {
+    const int64_t nl = t->nl, C = t->C;
+    for (int64_t r = 0; r < t->nr; r++) {
+        float *oa = a + 2 * nl + r * C, *ob = b + 2 * nl + r * C;
+        if (b[r] == -INFINITY) continue; /* b has no keys for this lane */
+        if (a[r] >= b[r]) {
+            float e = expf(b[r] - a[r]);
+            t->k->axpy(e, ob, oa, C);
+            a[nl + r] += b[nl + r] * e;
+        } else {
+            float e = a[r] == -INFINITY ? 0.0f : expf(a[r] - b[r]);
+            if (e != 0.0f) t->k->axpy(e, oa, ob, C);
+            memcpy(oa, ob, (size_t)C * 4);
+            a[nl + r] = a[nl + r] * e + b[nl + r];
+            a[r] = b[r];
+        }
+    }
+}
+
+/* chunk c is done: combine up the tree while this thread completes nodes */
+static void tree_done(const chunk_tree *t, int64_t c) {
+    for (size_t k = 0; ((int64_t)1 << k) < t->n; k++) {
+        int64_t i = c >> k;
+        if ((i ^ 1) << k >= t->n) continue; /* no sibling: the node moves up as it is */
+        if (atomic_fetch_add_explicit(&t->done[(int64_t)k * t->n + (i >> 1)], 1, memory_order_acq_rel) == 0) return;
+        tree_combine(t, t->part + (size_t)((i & ~(int64_t)1) << k) * t->pf, t->part + (size_t)((i | 1) << k) * t->pf);
+    }
+}
+
+/* the tree's scratch for n chunks of pf floats: the parts, then the counters (zeroed) */
+static chunk_tree tree_init(const mla_job *j, char *buf, size_t pf, int64_t nl, int64_t nr, int64_t n) {
+    chunk_tree t = {.part = (float *)buf, .pf = pf, .nl = nl, .nr = nr, .C = j->C, .n = n, .k = j->s->k};
+    t.done = (_Atomic int *)(buf + pf * (size_t)n * 4);
+    for (size_t i = 0; i < tree_levels(n) * (size_t)n; i++) atomic_init(&t.done[i], 0);
+    return t;
+}
+static size_t tree_bytes(size_t pf, int64_t n) { return ((pf * (size_t)n * 4 + tree_levels(n) * (size_t)n * sizeof(int)) + 63) & ~(size_t)63; }
 
 typedef struct dec_job {
     const mla_job *j;
-    int64_t nr, maxn, chunk, nchunks;
-    float *part;              /* per chunk: m[nr], l[nr], O[nr][C] */
-    size_t part_floats;
+    int64_t nr;
+    dec_plan plan;
+    chunk_tree tree;          /* per chunk: m[nr], l[nr], O[nr][C] */
     float *S;                 /* per thread: S[nr][KB2] */
 } dec_job;
 
@@ -161,9 +277,10 @@ static void dec_task(void *arg, int tid, int nt) {
     int64_t nr = d->nr, C = j->C, D = j->D;
     float *S = d->S + (size_t)tid * (size_t)(nr * KB2);
     int owner;
-    for (int64_t ch; (ch = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0;) {
-        float *m = d->part + (size_t)ch * d->part_floats, *l = m + nr, *O = l + nr;
-        int64_t k0 = ch * d->chunk, k1 = k0 + d->chunk < d->maxn ? k0 + d->chunk : d->maxn;
+    for (int64_t u; (u = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0;) {
+        int ch = d->plan.order[u];
+        float *m = d->tree.part + (size_t)ch * d->tree.pf, *l = m + nr, *O = l + nr;
+        int64_t k0 = d->plan.lo[ch], k1 = d->plan.lo[ch + 1];
         for (int64_t r = 0; r < nr; r++) m[r] = -INFINITY, l[r] = 0.0f;
         memset(O, 0, (size_t)(nr * C) * 4);
         for (int64_t kb = k0; kb < k1; kb += KB2) {
@@ -190,6 +307,7 @@ static void dec_task(void *arg, int tid, int nt) {
             }
             j->s->k->pv(S, KB2, (int)nr, cb, D, kn, (int)C, O, C);
         }
+        tree_done(&d->tree, ch);
     }
 }
 
@@ -199,15 +317,15 @@ static void dec_task(void *arg, int tid, int nt) {
  * first rows in time, and when its run is done it takes chunks from the end of the
  * others', so a thread that starts late (a worker waking up), is preempted or runs
  * on a slower core does fewer. Each chunk has its own running max, sum and output,
- * merged afterwards in chunk order: the result does not depend on which thread took
- * which chunk. */
+ * combined in a fixed tree (chunk_tree): the result does not depend on which thread
+ * took which chunk. */
 typedef struct vdec_job {
     const mla_job *j;
     cpu_mla_dec d;
     int bf16;
-    int64_t maxn, nl, chunk, nchunks;
-    float *part;              /* per chunk: m[nl], l[nl], O[nl][C] */
-    size_t part_floats;
+    int64_t nl;
+    dec_plan plan;
+    chunk_tree tree;          /* per chunk: m[nl], l[nl], O[nl][C] */
     char *scr;                /* per thread: kernel scratch */
     size_t scr_bytes;
 } vdec_job;
@@ -218,53 +336,47 @@ static void vdec_task(void *arg, int tid, int nt) {
     int64_t nl = v->nl;
     void *scr = v->scr + (size_t)tid * v->scr_bytes;
     /* the W_UV rows of the heads this thread projects afterwards (its run of out_task),
-     * a share with each chunk of its own run */
-    const int64_t per = (tid + 1) * v->nchunks / nt - tid * v->nchunks / nt;
+     * a share with each chunk of its own run, by rows */
+    int s0, e0;
+    plan_run(&v->plan, tid, nt, &s0, &e0);
+    int64_t run = 0, done = 0;
+    for (int p = s0; p < e0; p++) run += plan_rows(&v->plan, p);
     const int64_t h0 = tid * j->H / nt, hn = (tid + 1) * j->H / nt - h0;
     const int64_t es = j->w.dtype == FM_F8_E4M3 ? 1 : 2, pitch = (j->nope + j->v) * j->C * es;
     int owner;
-    for (int64_t c, i = 0; (c = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0; i++) {
-        int64_t cn = owner == tid ? cpu_wq_peek(&j->wq[tid]) : -1; /* this thread's next chunk, likely */
-        int64_t k0 = c * v->chunk, k1 = k0 + v->chunk < v->maxn ? k0 + v->chunk : v->maxn;
-        float *m = v->part + (size_t)c * v->part_floats, *l = m + nl, *O = l + nl;
+    for (int64_t u, i = 0; (u = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0; i++) {
+        int64_t un = owner == tid ? cpu_wq_peek(&j->wq[tid]) : -1; /* this thread's next chunk, likely */
+        int c = v->plan.order[u];
+        int64_t k0 = v->plan.lo[c], k1 = v->plan.lo[c + 1];
+        float *m = v->tree.part + (size_t)c * v->tree.pf, *l = m + nl, *O = l + nl;
         for (int64_t r = 0; r < nl; r++) m[r] = -INFINITY, l[r] = 0.0f;
         memset(O, 0, (size_t)(nl * j->C) * 4);
         if (v->bf16) {
-            int64_t a = i < per ? hn * i / per : hn, b = i < per ? hn * (i + 1) / per : hn;
-            cpu_mla_pf pf = {.knext = cn >= 0 ? cn * v->chunk : -1, .side_n = (int)(b - a), .side_pitch = pitch,
+            int64_t a = owner == tid ? hn * done / run : hn, b = owner == tid ? hn * (done + k1 - k0) / run : hn;
+            if (owner == tid) done += k1 - k0;
+            cpu_mla_pf pf = {.knext = un >= 0 ? v->plan.lo[v->plan.order[un]] : -1, .side_n = (int)(b - a), .side_pitch = pitch,
                              .side_bytes = j->v * j->C * es,
                              .side = (const char *)j->w.data + ((h0 + a) * (j->nope + j->v) + j->nope) * j->C * es};
             cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr, i == 0, &pf);
         } else {
             cpu_mla_dec_avx512(&v->d, k0, k1, m, l, O, scr, i == 0);
         }
+        tree_done(&v->tree, c);
     }
 }
 
-/* Merges row r of a decode block's partial attention into O: each of np chunks' parts
- * holds, per query row, its running max (nl floats), its running sum (nl
- * floats), then rows of C unnormalised outputs. O = sum_t exp(m_t - M) O_t / sum_t
- * exp(m_t - M) l_t, in part order. The parts were written by other threads: their
- * rows are all requested first. */
-static void merge_row(const mla_job *j, int64_t r) {
-    const float *part = j->part;
-    const size_t pf = j->part_floats;
+/* Row r of a decode block's attention into O: the tree's root, normalised (and back in
+ * column order from the bf16 kernel's). */
+static void finish_row(const mla_job *j, int64_t r) {
     const int64_t nl = j->part_nl, C = j->C;
-    for (int t = 0; t < j->np; t++)
-        for (int64_t c = 0; c < C; c += 16) __builtin_prefetch(part + t * pf + 2 * nl + r * C + c);
-    float M = -INFINITY, L = 0.0f;
-    for (int t = 0; t < j->np; t++) M = part[t * pf + r] > M ? part[t * pf + r] : M;
-    for (int t = 0; t < j->np; t++) {
-        const float *pm = part + t * pf;
-        if (pm[r] != -INFINITY) L += pm[nl + r] * expf(pm[r] - M);
+    const float *O = j->part + 2 * nl + r * C;
+    float inv = 1.0f / j->part[nl + r], *o = j->O + r * C;
+    if (j->part_perm) {
+        cpu_mla_o_row_avx512bf16(O, inv, C, o);
+        return;
     }
-    float *o = j->O + r * C;
     memset(o, 0, (size_t)C * 4);
-    for (int t = 0; t < j->np; t++) {
-        const float *pm = part + t * pf;
-        if (pm[r] == -INFINITY) continue;
-        j->s->k->axpy(expf(pm[r] - M) / L, pm + 2 * nl + r * C, o, C);
-    }
+    j->s->k->axpy(inv, O, o, C);
 }
 
 static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
@@ -272,7 +384,7 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     int nt = cpu_pool_size(s->pool);
     /* bf16 attention is opt-in on top of bf16-compute: the conformance suite holds every
      * level to NMSE 1e-9, which bf16 rounding of the cache does not meet (about 3e-6). */
-    vdec_job v = {.j = j, .maxn = maxn, .bf16 = s->bf16_compute && s->mla_bf16 && j->w.dtype != FM_F32};
+    vdec_job v = {.j = j, .bf16 = s->bf16_compute && s->mla_bf16 && j->w.dtype != FM_F32};
     v.d = (cpu_mla_dec){.nq = (int)nr, .nqv = (int)((nr + 15) / 16), .C = j->C, .D = j->D, .q = j->qc,
                         .cache = j->cache, .cache16 = j->cache16, .scale = j->p->scale};
     v.nl = (int64_t)v.d.nqv * 16;
@@ -280,17 +392,16 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     for (int64_t r = 0; r < v.nl; r++) lim[r] = r < nr ? j->pos[j->t0 + r / j->H] : -1;
     v.d.lim = lim;
     size_t ks = v.bf16 ? cpu_mla_dec_scratch_avx512bf16(&v.d) : cpu_mla_dec_scratch_avx512(&v.d);
-    v.chunk = dec_chunk(maxn);
-    v.nchunks = (maxn + v.chunk - 1) / v.chunk;
-    v.part_floats = ((size_t)(v.nl * (2 + j->C)) + 15) & ~(size_t)15;
+    plan_make(&v.plan, maxn);
+    size_t pf = ((size_t)(v.nl * (2 + j->C)) + 15) & ~(size_t)15, tb = tree_bytes(pf, v.plan.n);
     v.scr_bytes = (ks + 127) & ~(size_t)63;
-    char *buf = cpu_scratch(s, v.part_floats * (size_t)v.nchunks * 4 + v.scr_bytes * (size_t)nt + 64);
+    char *buf = cpu_scratch(s, tb + v.scr_bytes * (size_t)nt + 64);
     if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
-    v.part = (float *)buf;
-    v.scr = buf + v.part_floats * (size_t)v.nchunks * 4;
-    wq_split(j->wq, nt, v.nchunks);
+    v.tree = tree_init(j, buf, pf, v.nl, nr, v.plan.n);
+    v.scr = buf + tb;
+    plan_split(&v.plan, j->wq, nt);
     cpu_pool_run(s->pool, vdec_task, &v);
-    j->part = v.part, j->part_floats = v.part_floats, j->part_nl = v.nl, j->np = (int)v.nchunks;
+    j->part = v.tree.part, j->part_nl = v.nl, j->part_perm = v.bf16;
     return FM_OK;
 }
 
@@ -298,22 +409,23 @@ static fm_status mla_decode(mla_job *j, int64_t nr, int64_t maxn) {
     cpu_state *s = j->s;
     if ((s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16) && nr <= CPU_MLA_DEC_ROWS) return mla_decode_vec(j, nr, maxn);
     int nt = cpu_pool_size(s->pool);
-    dec_job d = {.j = j, .nr = nr, .maxn = maxn, .chunk = dec_chunk(maxn)};
-    d.nchunks = (maxn + d.chunk - 1) / d.chunk;
-    d.part_floats = ((size_t)(nr * (2 + j->C)) + 15) & ~(size_t)15;
-    d.part = cpu_scratch(s, (d.part_floats * (size_t)d.nchunks + (size_t)(nr * KB2) * (size_t)nt) * 4);
-    if (!d.part) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
-    d.S = d.part + d.part_floats * (size_t)d.nchunks;
-    wq_split(j->wq, nt, d.nchunks);
+    dec_job d = {.j = j, .nr = nr};
+    plan_make(&d.plan, maxn);
+    size_t pf = ((size_t)(nr * (2 + j->C)) + 15) & ~(size_t)15, tb = tree_bytes(pf, d.plan.n);
+    char *buf = cpu_scratch(s, tb + (size_t)(nr * KB2) * (size_t)nt * 4);
+    if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
+    d.tree = tree_init(j, buf, pf, nr, nr, d.plan.n);
+    d.S = (float *)(buf + tb);
+    plan_split(&d.plan, j->wq, nt);
     cpu_pool_run(s->pool, dec_task, &d);
-    j->part = d.part, j->part_floats = d.part_floats, j->part_nl = nr, j->np = (int)d.nchunks;
+    j->part = d.tree.part, j->part_nl = nr, j->part_perm = 0;
     return FM_OK;
 }
 
-/* out = W_UV o_lat for head h (a decode block: its rows of o_lat merged first) */
+/* out = W_UV o_lat for head h (a decode block: its rows of o_lat normalised first) */
 static void out_head(void *arg, int64_t h, int tid) {
     const mla_job *j = arg;
-    for (int64_t t = 0; t < j->qn && j->np; t++) merge_row(j, t * j->H + h);
+    for (int64_t t = 0; t < j->qn && j->part; t++) finish_row(j, t * j->H + h);
     int64_t n0 = h * (j->nope + j->v) + j->nope;
     cpu_matmul_serial(j->s, j->O + h * j->C, j->qn, j->H * j->C, &j->w, n0, n0 + j->v, 0, NULL, NULL,
                       j->out + j->t0 * j->H * j->v + h * j->v, j->H * j->v, j->tscr + (size_t)tid * j->per_thread);
@@ -481,10 +593,10 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
             fm_status st = mla_decode(&j, nr, maxn);
             if (st != FM_OK) return st;
             wq_split(j.wq, nt, j.H);
-            cpu_pool_run(s->pool, out_task, &j); /* merge and project */
+            cpu_pool_run(s->pool, out_task, &j); /* normalise and project */
             continue;
         }
-        j.np = 0;
+        j.part = NULL;
         for (int64_t r = 0; r < nr; r++) j.m[r] = -INFINITY, j.l[r] = 0.0f;
         memset(j.O, 0, (size_t)(nr * j.C) * 4);
         for (j.kb0 = 0; j.kb0 < maxn; j.kb0 += KB) {

@@ -67,23 +67,23 @@ static inline __attribute__((always_inline)) void scores_tile(const uint32_t *cb
 
 /* Columns of a whole group of 32 after the unpacks: position p holds column
  * col_of(p) (unpacklo: 0-3 8-11 16-19 24-27, unpackhi: 4-7 12-15 20-23 28-31). O's
- * whole groups are kept in that order inside the kernel: perm_o(.., 1) puts them in
- * it on entry, perm_o(.., 0) back in column order on exit. */
+ * whole groups stay in that order, in and out of the kernel (a sum of such outputs
+ * too): cpu_mla_o_row_avx512bf16 puts a row back in column order. */
 static inline int col_of(int p) { return p < 16 ? (p / 4) * 8 + p % 4 : ((p - 16) / 4) * 8 + 4 + (p - 16) % 4; }
-static void perm_o(float *O, int nq, int64_t C, int to_unpacked) {
+
+void cpu_mla_o_row_avx512bf16(const float *O, float a, int64_t C, float *o) {
     int32_t ix[32];
-    for (int p = 0; p < 32; p++) {
-        if (to_unpacked) ix[p] = col_of(p);
-        else ix[col_of(p)] = p;
-    }
+    for (int p = 0; p < 32; p++) ix[col_of(p)] = p;
     const __m512i i0 = _mm512_loadu_si512(ix), i1 = _mm512_loadu_si512(ix + 16);
-    for (int i = 0; i < nq; i++)
-        for (int64_t c = 0; c + 32 <= C; c += 32) {
-            float *o = O + (int64_t)i * C + c;
-            __m512 a = _mm512_loadu_ps(o), b = _mm512_loadu_ps(o + 16);
-            _mm512_storeu_ps(o, _mm512_permutex2var_ps(a, i0, b));
-            _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(a, i1, b));
-        }
+    const __m512 va = _mm512_set1_ps(a);
+    int64_t c = 0;
+    for (; c + 32 <= C; c += 32) {
+        __m512 x = _mm512_loadu_ps(O + c), y = _mm512_loadu_ps(O + c + 16);
+        _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_permutex2var_ps(x, i0, y), va));
+        _mm512_storeu_ps(o + c + 16, _mm512_mul_ps(_mm512_permutex2var_ps(x, i1, y), va));
+    }
+    for (; c < C; c += 16)
+        _mm512_mask_storeu_ps(o + c, m16((int)(C - c)), _mm512_mul_ps(_mm512_maskz_loadu_ps(m16((int)(C - c)), O + c), va));
 }
 
 /* Two rows' 32 values a, b -> pairs (a[j], b[j]) of one half: in a whole group of 32
@@ -154,7 +154,6 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
         }
         for (int64_t k2 = 0; k2 < D2; k2++) Qp[k2 * nl + i] = row[k2];
     }
-    perm_o(O, nq, C, 1);
     /* a bf16 cache of even row length is read in place (rows of D / 2 pairs) */
     const int direct = d->cache16 && D % 2 == 0;
     const int64_t rowb = direct ? D * 2 : D * 4; /* bytes per cache row */
@@ -228,5 +227,4 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
                     if (so -= pf->side_bytes, ++si == pf->side_n) ps3 = 0;
             }
     }
-    perm_o(O, nq, C, 0);
 }
