@@ -261,7 +261,9 @@ static chunk_tree tree_init(const mla_job *j, char *buf, size_t pf, int64_t nl, 
     for (size_t i = 0; i < tree_levels(n) * (size_t)n; i++) atomic_init(&t.done[i], 0);
     return t;
 }
-static size_t tree_bytes(size_t pf, int64_t n) { return ((pf * (size_t)n * 4 + tree_levels(n) * (size_t)n * sizeof(int)) + 63) & ~(size_t)63; }
+static size_t tree_bytes(size_t pf, int64_t n) {
+    return (pf * (size_t)n * 4 + tree_levels(n) * (size_t)n * sizeof(int) + 63) & ~(size_t)63;
+}
 
 typedef struct dec_job {
     const mla_job *j;
@@ -354,8 +356,8 @@ static void vdec_task(void *arg, int tid, int nt) {
         if (v->bf16) {
             int64_t a = owner == tid ? hn * done / run : hn, b = owner == tid ? hn * (done + k1 - k0) / run : hn;
             if (owner == tid) done += k1 - k0;
-            cpu_mla_pf pf = {.knext = un >= 0 ? v->plan.lo[v->plan.order[un]] : -1, .side_n = (int)(b - a), .side_pitch = pitch,
-                             .side_bytes = j->v * j->C * es,
+            cpu_mla_pf pf = {.knext = un >= 0 ? v->plan.lo[v->plan.order[un]] : -1, .side_n = (int)(b - a),
+                             .side_pitch = pitch, .side_bytes = j->v * j->C * es,
                              .side = (const char *)j->w.data + ((h0 + a) * (j->nope + j->v) + j->nope) * j->C * es};
             cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr, i == 0, &pf);
         } else {

@@ -191,10 +191,12 @@ static inline __attribute__((always_inline)) void qabs_fp8_pass(const float *q, 
             for (int64_t l = 0; l < K; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
         const char *row = base + (r0 + d) * K + c0;
         const float *sr = w->scale + ((r0 + d) / CPU_QB) * w->scale_ld + c0 / CPU_QB;
-        const __m512 q0 = _mm512_set1_ps(q[d] * sr[0]), q1 = _mm512_set1_ps(whole || c0 + 128 < K ? q[d] * sr[1] : 0.0f);
+        const __m512 q0 = _mm512_set1_ps(q[d] * sr[0]);
+        const __m512 q1 = _mm512_set1_ps(whole || c0 + 128 < K ? q[d] * sr[1] : 0.0f);
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) {
-            __m128i b = whole ? _mm_loadu_si128((const __m128i *)(row + 16 * i)) : _mm_maskz_loadu_epi8(km[i], row + 16 * i);
+            __m128i b = whole ? _mm_loadu_si128((const __m128i *)(row + 16 * i))
+                              : _mm_maskz_loadu_epi8(km[i], row + 16 * i);
             acc[i] = _mm512_fmadd_ps(i < 8 ? q0 : q1, e4m3x16(b), acc[i]);
         }
     }
