@@ -723,10 +723,23 @@ static void moe_ref(const float *x, const float *wts, const int32_t *ids, int64_
     free(hb), free(hq), free(gq), free(uq), free(oq);
 }
 
+/* One MOE_EXPERTS node: x [T, H], ids and wts [T, K], E experts' gate, up, down in w. */
+static fm_status moe_run(int64_t T, int64_t H, int K, int E, float *x, int32_t *ids, float *wts, const wt *w, int aq,
+                         float *y) {
+    const fm_pl_tensor *src[3 + 3 * 64];
+    ck_assert(E <= 64);
+    fm_pl_tensor tx = mk(FM_F32, 2, T, H, x, "x"), ti = mk(FM_I32, 2, T, K, ids, "ids"), tw = mk(FM_F32, 2, T, K, wts, "w");
+    fm_pl_tensor ty = mk(FM_F32, 2, T, H, y, "y");
+    src[0] = &tx, src[1] = &ti, src[2] = &tw;
+    for (int e = 0; e < 3 * E; e++) src[3 + e] = &w[e].t;
+    const fm_pl_tensor *dst[1] = {&ty};
+    fm_moe_experts_params p = {.n_experts = E, .act_quant = aq};
+    return run_node(FM_OP_MOE_EXPERTS, src, 3 + 3 * E, dst, 1, &p);
+}
+
 static void moe_case(int dtype, int64_t T, int64_t H, int64_t I, int aq) {
     enum { E = 6, K = 2 };
     wt w[3 * E];
-    const fm_pl_tensor *src[3 + 3 * E];
     for (int e = 0; e < 3 * E; e++) wt_make(&w[e], dtype, e % 3 == 2 ? H : I, e % 3 == 2 ? I : H, 1.0);
     float *x = rand_x(T * H, 1.0), *wts = rand_x(T * K, 1.0), *y = malloc((size_t)(T * H) * 4);
     int32_t *ids = malloc((size_t)(T * K) * 4);
@@ -735,13 +748,7 @@ static void moe_case(int dtype, int64_t T, int64_t H, int64_t I, int aq) {
         ids[t * K + 1] = (int32_t)(2 + t % 2 + (ids[t * K] == 2 || ids[t * K] == 3 ? 0 : (t % 3 == 0)));
         if (ids[t * K + 1] == ids[t * K]) ids[t * K + 1] = 4;
     }
-    fm_pl_tensor tx = mk(FM_F32, 2, T, H, x, "x"), ti = mk(FM_I32, 2, T, K, ids, "ids"), tw = mk(FM_F32, 2, T, K, wts, "w");
-    fm_pl_tensor ty = mk(FM_F32, 2, T, H, y, "y");
-    src[0] = &tx, src[1] = &ti, src[2] = &tw;
-    for (int e = 0; e < 3 * E; e++) src[3 + e] = &w[e].t;
-    const fm_pl_tensor *dst[1] = {&ty};
-    fm_moe_experts_params p = {.n_experts = E, .act_quant = aq};
-    ck_assert_int_eq(run_node(FM_OP_MOE_EXPERTS, src, 3 + 3 * E, dst, 1, &p), FM_OK);
+    ck_assert_int_eq(moe_run(T, H, K, E, x, ids, wts, w, aq, y), FM_OK);
     double *r = calloc((size_t)(T * H), 8), *a = calloc((size_t)(T * H), 8);
     moe_ref(x, wts, ids, T, K, H, I, w, aq, r, a);
     /* fp8: a code of the SwiGLU output may round the other way (f32 exp); bf16-compute rounds activations */
@@ -919,7 +926,6 @@ END_TEST
 static void moe_decode_case(int dtype, int64_t T, int64_t H, int64_t I, int aq) {
     enum { E = 12, K = 4 };
     wt w[3 * E];
-    const fm_pl_tensor *src[3 + 3 * E];
     for (int e = 0; e < 3 * E; e++) wt_make(&w[e], dtype, e % 3 == 2 ? H : I, e % 3 == 2 ? I : H, 1.0);
     float *x = rand_x(T * H, 1.0), *wts = rand_x(T * K, 1.0), *y = malloc((size_t)(T * H) * 4),
           *y1 = malloc((size_t)(T * H) * 4);
@@ -930,16 +936,10 @@ static void moe_decode_case(int dtype, int64_t T, int64_t H, int64_t I, int aq) 
         for (int j = 1; j < K; j++)
             for (int a = 0; a < j; a++)
                 if (ids[t * K + a] == ids[t * K + j]) ids[t * K + j] = (ids[t * K + j] % (E - 1)) + 1, a = -1;
-    fm_pl_tensor tx = mk(FM_F32, 2, T, H, x, "x"), ti = mk(FM_I32, 2, T, K, ids, "ids"), tw = mk(FM_F32, 2, T, K, wts, "w");
-    fm_pl_tensor ty = mk(FM_F32, 2, T, H, y, "y");
-    src[0] = &tx, src[1] = &ti, src[2] = &tw;
-    for (int e = 0; e < 3 * E; e++) src[3 + e] = &w[e].t;
-    const fm_pl_tensor *dst[1] = {&ty};
-    fm_moe_experts_params p = {.n_experts = E, .act_quant = aq};
     static const char *const thr[] = {"1", "2", "3", "5"};
     for (int q = 0; q < 4; q++) {
         ck_assert_int_eq(P->control(S, "threads", thr[q]), FM_OK);
-        ck_assert_int_eq(run_node(FM_OP_MOE_EXPERTS, src, 3 + 3 * E, dst, 1, &p), FM_OK);
+        ck_assert_int_eq(moe_run(T, H, K, E, x, ids, wts, w, aq, y), FM_OK);
         if (q == 0) memcpy(y1, y, (size_t)(T * H) * 4);
         else ck_assert_msg(!memcmp(y1, y, (size_t)(T * H) * 4), "%s moe decode T=%lld: %s threads differ from 1",
                            isas[cur_isa], (long long)T, thr[q]);
