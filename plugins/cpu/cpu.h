@@ -243,6 +243,9 @@ typedef struct cpu_mla_pf {
 CPU_HIDDEN size_t cpu_mla_dec_scratch_avx512bf16(const cpu_mla_dec *d);
 CPU_HIDDEN void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
                                        void *scratch, int prep, const cpu_mla_pf *pf);
+/* The bf16 kernel's O keeps each whole group of 32 columns in its unpack order, in and
+ * out (zeros, and sums of its outputs, are in that order too): o = a O of one row, back
+ * in column order. */
 CPU_HIDDEN void cpu_mla_o_row_avx512bf16(const float *O, float a, int64_t C, float *o);
 /* Online-softmax step of one block (kern_mla_avx512.c, shared by both): S[kn][nl]
  * scores of rows kb.., scaled and masked into p = exp(s - m_new); m, l updated;
