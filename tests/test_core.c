@@ -347,11 +347,11 @@ static int thp_eligible(const void *p) {
     return r;
 }
 
-/* fm_alloc (the context's allocator, host->alloc for plugins): zeroed and 64-byte
- * aligned; from 2 MiB on 2 MiB aligned and marked for transparent huge pages */
+/* fm_alloc_stream (a model's KV cache): zeroed and 64-byte aligned like fm_alloc; from
+ * 2 MiB on 2 MiB aligned and marked for transparent huge pages */
 START_TEST(alloc_asks_huge_pages_for_large_buffers) {
     const size_t n = ((size_t)5 << 20) + 100;
-    unsigned char *small = fm_alloc(NULL, 1000), *big = fm_alloc(NULL, n);
+    unsigned char *small = fm_alloc_stream(NULL, 1000), *big = fm_alloc_stream(NULL, n);
     ck_assert_ptr_nonnull(small);
     ck_assert_ptr_nonnull(big);
     ck_assert_uint_eq((uintptr_t)small % 64, 0);

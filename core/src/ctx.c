@@ -51,25 +51,32 @@ const char *fm_ctx_error(const fm_ctx *ctx) { return ctx ? ctx->err : "no contex
 
 void fm_ctx_fail_alloc_after(fm_ctx *ctx, int64_t n) { ctx->fail_alloc_after = n; }
 
-/* Zeroed and 64-byte aligned. A buffer of 2 MiB or more (a layer's KV cache, an
- * arena) starts on a 2 MiB boundary with its whole 2 MiB spans marked for
- * transparent huge pages (a hint; in the usual THP mode, "madvise", the kernel grants
- * them only when asked), as the kernel already maps a checkpoint's weights from the
- * page cache: a decode step reads such buffers once each, from memory, and in 4 KiB
- * pages every 4 KiB costs a page walk (docs/cpu.md, MLA decode: 10-30%). */
-#define FM_HUGE ((size_t)2 << 20)
 void *fm_alloc(fm_ctx *ctx, size_t size) {
     if (ctx && ctx->fail_alloc_after > 0 && --ctx->fail_alloc_after == 0) return NULL;
-    size_t rounded = size ? (size + 63) & ~(size_t)63 : 64;
+    size_t rounded = (size + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (p) memset(p, 0, rounded ? rounded : 64);
+    return p;
+}
+
+/* fm_alloc for a buffer that each decode step reads whole, cold, as a stream (a
+ * layer's KV cache): from 2 MiB on it starts on a 2 MiB boundary with its whole 2 MiB
+ * spans marked for transparent huge pages (a hint; the usual THP mode, "madvise",
+ * grants them only when asked), as the kernel maps a checkpoint's weights from the
+ * page cache. In 4 KiB pages every 4 KiB of the stream costs a page walk (MLA decode,
+ * docs/cpu.md). Not for scratch: physically contiguous pages put power-of-two strides
+ * in the same cache sets (the grouped experts' packing buffers lost up to 30%). */
+#define FM_HUGE ((size_t)2 << 20)
+void *fm_alloc_stream(fm_ctx *ctx, size_t size) {
+    size_t rounded = (size + 63) & ~(size_t)63;
+    if (rounded < FM_HUGE) return fm_alloc(ctx, size);
+    if (ctx && ctx->fail_alloc_after > 0 && --ctx->fail_alloc_after == 0) return NULL;
     void *p = NULL;
-    if (rounded < FM_HUGE) {
-        p = aligned_alloc(64, rounded);
-    } else if (!posix_memalign(&p, FM_HUGE, rounded)) {
+    if (posix_memalign(&p, FM_HUGE, rounded)) return NULL;
 #ifdef MADV_HUGEPAGE
-        (void)madvise(p, rounded & ~(FM_HUGE - 1), MADV_HUGEPAGE);
+    (void)madvise(p, rounded & ~(FM_HUGE - 1), MADV_HUGEPAGE);
 #endif
-    }
-    if (p) memset(p, 0, rounded);
+    memset(p, 0, rounded);
     return p;
 }
 

@@ -56,6 +56,7 @@ struct fm_ctx {
 
 fm_status fm_err(fm_ctx *ctx, fm_status s, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void     *fm_alloc(fm_ctx *ctx, size_t size);   /* 64-byte aligned, zeroed; fault-injectable */
+void     *fm_alloc_stream(fm_ctx *ctx, size_t size); /* the same; from 2 MiB on in huge pages (KV caches) */
 void      fm_free(void *p);
 void     *fm_realloc_array(fm_ctx *ctx, void *p, size_t *cap, size_t need, size_t elem);
 uint64_t  fm_now_ns(void);

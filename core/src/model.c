@@ -189,7 +189,7 @@ fm_status fm_model_load(fm_ctx *ctx, const char *dir, const fm_model_options *op
         return fm_err(ctx, FM_ENOMEM, "model: out of memory");
     }
     for (int l = 0; l < c->num_hidden_layers; l++)
-        if (!(m->cache[l] = fm_alloc(ctx, (size_t)(m->max_seq * row) * fm_dtype_size(m->cache_dtype)))) {
+        if (!(m->cache[l] = fm_alloc_stream(ctx, (size_t)(m->max_seq * row) * fm_dtype_size(m->cache_dtype)))) {
             fm_model_free(m);
             return fm_err(ctx, FM_ENOMEM, "model: cannot allocate the KV cache (%lld tokens)", (long long)m->max_seq);
         }

@@ -24,8 +24,8 @@ static float frand(void) {
 }
 /* Laid out as the model's memory: 64-byte aligned (rows of 64-byte multiples then
  * start on cache lines), and from 2 MiB on in 2 MiB pages where the system grants
- * them - the cache as fm_alloc allocates a KV cache, kv_b as the kernel maps a
- * checkpoint file (page-cache large folios, mapped 2 MiB at a time). */
+ * them - the cache as fm_alloc_stream allocates a KV cache, kv_b as the kernel maps
+ * a checkpoint file (page-cache large folios, mapped 2 MiB at a time). */
 static void *xmalloc(size_t n) {
     const size_t huge = (size_t)2 << 20;
     void *p = NULL;
