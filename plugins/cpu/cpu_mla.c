@@ -265,6 +265,28 @@ static size_t tree_bytes(size_t pf, int64_t n) {
     return (pf * (size_t)n * 4 + tree_levels(n) * (size_t)n * sizeof(int) + 63) & ~(size_t)63;
 }
 
+/* chunk c's part, cleared for its chunk: m = -inf, l = 0, O = 0 */
+static float *tree_part(const chunk_tree *t, int64_t c) {
+    float *m = t->part + (size_t)c * t->pf;
+    for (int64_t r = 0; r < t->nl; r++) m[r] = -INFINITY, m[t->nl + r] = 0.0f;
+    memset(m + 2 * t->nl, 0, (size_t)(t->nl * t->C) * 4);
+    return m;
+}
+
+/* A decode block's chunks (plan), the threads' runs over them (j->wq) and the tree of
+ * their parts (nl lanes each, nr in use), with extra bytes of scratch after the tree:
+ * returns those, or NULL */
+static char *dec_setup(mla_job *j, int64_t nl, int64_t nr, int64_t maxn, size_t extra, dec_plan *plan,
+                       chunk_tree *tree) {
+    plan_make(plan, maxn);
+    size_t pf = ((size_t)(nl * (2 + j->C)) + 15) & ~(size_t)15, tb = tree_bytes(pf, plan->n);
+    char *buf = cpu_scratch(j->s, tb + extra);
+    if (!buf) return NULL;
+    *tree = tree_init(j, buf, pf, nl, nr, plan->n);
+    plan_split(plan, j->wq, cpu_pool_size(j->s->pool));
+    return buf + tb;
+}
+
 typedef struct dec_job {
     const mla_job *j;
     int64_t nr;
@@ -281,10 +303,8 @@ static void dec_task(void *arg, int tid, int nt) {
     int owner;
     for (int64_t u; (u = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0;) {
         int ch = d->plan.order[u];
-        float *m = d->tree.part + (size_t)ch * d->tree.pf, *l = m + nr, *O = l + nr;
+        float *m = tree_part(&d->tree, ch), *l = m + nr, *O = l + nr;
         int64_t k0 = d->plan.lo[ch], k1 = d->plan.lo[ch + 1];
-        for (int64_t r = 0; r < nr; r++) m[r] = -INFINITY, l[r] = 0.0f;
-        memset(O, 0, (size_t)(nr * C) * 4);
         for (int64_t kb = k0; kb < k1; kb += KB2) {
             int kn = (int)(k1 - kb < KB2 ? k1 - kb : KB2);
             const float *cb = j->cache + kb * D;
@@ -350,9 +370,7 @@ static void vdec_task(void *arg, int tid, int nt) {
         int64_t un = owner == tid ? cpu_wq_peek(&j->wq[tid]) : -1; /* this thread's next chunk, likely */
         int c = v->plan.order[u];
         int64_t k0 = v->plan.lo[c], k1 = v->plan.lo[c + 1];
-        float *m = v->tree.part + (size_t)c * v->tree.pf, *l = m + nl, *O = l + nl;
-        for (int64_t r = 0; r < nl; r++) m[r] = -INFINITY, l[r] = 0.0f;
-        memset(O, 0, (size_t)(nl * j->C) * 4);
+        float *m = tree_part(&v->tree, c), *l = m + nl, *O = l + nl;
         if (v->bf16) {
             int64_t a = owner == tid ? hn * done / run : hn, b = owner == tid ? hn * (done + k1 - k0) / run : hn;
             if (owner == tid) done += k1 - k0;
@@ -394,14 +412,9 @@ static fm_status mla_decode_vec(mla_job *j, int64_t nr, int64_t maxn) {
     for (int64_t r = 0; r < v.nl; r++) lim[r] = r < nr ? j->pos[j->t0 + r / j->H] : -1;
     v.d.lim = lim;
     size_t ks = v.bf16 ? cpu_mla_dec_scratch_avx512bf16(&v.d) : cpu_mla_dec_scratch_avx512(&v.d);
-    plan_make(&v.plan, maxn);
-    size_t pf = ((size_t)(v.nl * (2 + j->C)) + 15) & ~(size_t)15, tb = tree_bytes(pf, v.plan.n);
     v.scr_bytes = (ks + 127) & ~(size_t)63;
-    char *buf = cpu_scratch(s, tb + v.scr_bytes * (size_t)nt + 64);
-    if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
-    v.tree = tree_init(j, buf, pf, v.nl, nr, v.plan.n);
-    v.scr = buf + tb;
-    plan_split(&v.plan, j->wq, nt);
+    if (!(v.scr = dec_setup(j, v.nl, nr, maxn, v.scr_bytes * (size_t)nt + 64, &v.plan, &v.tree)))
+        return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
     cpu_pool_run(s->pool, vdec_task, &v);
     j->part = v.tree.part, j->part_nl = v.nl, j->part_perm = v.bf16;
     return FM_OK;
@@ -412,13 +425,8 @@ static fm_status mla_decode(mla_job *j, int64_t nr, int64_t maxn) {
     if ((s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16) && nr <= CPU_MLA_DEC_ROWS) return mla_decode_vec(j, nr, maxn);
     int nt = cpu_pool_size(s->pool);
     dec_job d = {.j = j, .nr = nr};
-    plan_make(&d.plan, maxn);
-    size_t pf = ((size_t)(nr * (2 + j->C)) + 15) & ~(size_t)15, tb = tree_bytes(pf, d.plan.n);
-    char *buf = cpu_scratch(s, tb + (size_t)(nr * KB2) * (size_t)nt * 4);
-    if (!buf) return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
-    d.tree = tree_init(j, buf, pf, nr, nr, d.plan.n);
-    d.S = (float *)(buf + tb);
-    plan_split(&d.plan, j->wq, nt);
+    if (!(d.S = (float *)dec_setup(j, nr, nr, maxn, (size_t)(nr * KB2) * (size_t)nt * 4, &d.plan, &d.tree)))
+        return cpu_fail(s, FM_ENOMEM, "mla_attn: out of memory");
     cpu_pool_run(s->pool, dec_task, &d);
     j->part = d.tree.part, j->part_nl = nr, j->part_perm = 0;
     return FM_OK;

@@ -13,30 +13,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sys/mman.h>
-
 #include "bench.h"
+#include "internal.h"
 
 static uint64_t rng = 0x853c49e6748fea9bull;
 static float frand(void) {
     rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
     return (float)((double)(rng >> 11) * 0x1p-52 - 1.0);
 }
-/* Laid out as the model's memory: 64-byte aligned (rows of 64-byte multiples then
- * start on cache lines), and from 2 MiB on in 2 MiB pages where the system grants
- * them - the cache as fm_alloc_stream allocates a KV cache, kv_b as the kernel maps
+/* Laid out as the model's memory (fm_alloc_stream, which allocates its KV cache):
+ * 64-byte aligned (rows of 64-byte multiples then start on cache lines), and from
+ * 2 MiB on in 2 MiB pages where the system grants them - kv_b too, as the kernel maps
  * a checkpoint file (page-cache large folios, mapped 2 MiB at a time). */
 static void *xmalloc(size_t n) {
-    const size_t huge = (size_t)2 << 20;
-    void *p = NULL;
-    if (posix_memalign(&p, n >= huge ? huge : 64, n ? n : 1)) p = NULL;
+    void *p = fm_alloc_stream(NULL, n ? n : 1);
     if (!p) {
         fprintf(stderr, "fathom bench: out of memory (%zu bytes)\n", n);
         exit(1);
     }
-#ifdef MADV_HUGEPAGE
-    if (n >= huge) (void)madvise(p, n & ~(huge - 1), MADV_HUGEPAGE);
-#endif
     return p;
 }
 static void bf16_fill(uint16_t *d, int64_t n, float amp) {
