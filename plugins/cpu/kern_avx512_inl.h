@@ -4,20 +4,28 @@
 #define FM_KERN_AVX512_INL_H
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "cpu.h"
 
 static inline __mmask16 m16(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
-/* 16 e4m3 codes -> their exact f32 values. The 7 magnitude bits placed at bits
- * 20..26 read as an f32 of exponent e-127 (a denormal for e = 0); x 2^120 makes it
- * exactly (1 + m/8) 2^(e-7) or m 2^-9. Sign from the sign-extended byte. */
-static inline __m512 e4m3x16(__m128i c) {
+/* 16 e4m3 codes -> their exact f32 values times 2^-120 (raw) and their values
+ * (e4m3x16). The 7 magnitude bits placed at bits 20..26 read as an f32 of exponent
+ * e-127 (a denormal for e = 0); x 2^120 makes it exactly (1 + m/8) 2^(e-7) or m 2^-9.
+ * Sign from the sign-extended byte. */
+static inline __m512 e4m3raw16(__m128i c) {
     __m512i v = _mm512_cvtepi8_epi32(c);
-    v = _mm512_and_si512(_mm512_slli_epi32(v, 20), _mm512_set1_epi32((int)0x87f00000u));
-    return _mm512_mul_ps(_mm512_castsi512_ps(v), _mm512_set1_ps(0x1p120f));
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_slli_epi32(v, 20), _mm512_set1_epi32((int)0x87f00000u)));
 }
+static inline __m512 e4m3x16(__m128i c) { return _mm512_mul_ps(e4m3raw16(c), _mm512_set1_ps(0x1p120f)); }
+
+/* The x 2^120 folded into the other factor f of a product (a block scale, a query
+ * value): raw (f 2^120) is the same exact real as (raw 2^120) f, rounded once, so the
+ * same bits - as long as f 2^120 is finite, which |f| < 2^7 keeps. One multiply fewer
+ * per 16 weights, a third of an fp8 GEMV's FMA-port work. */
+#define E4M3_FOLDS(f) (fabsf(f) < 0x1p7f)
 
 static inline __m512 bf16x16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
 

@@ -172,6 +172,18 @@ void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, 
  *         requests whole rows, the later ones find them in cache.
  * Other dtypes: 256 columns at a time in 16 accumulators, scales per value. */
 #define QA_PD 8
+/* acc[i] += f (f0 for i < 8, f1 after) x the 16 e4m3 values at row + 16 i; raw: f
+ * carries the decode's 2^120 (E4M3_FOLDS) */
+static inline __attribute__((always_inline)) void qabs_fp8_row(__m512 acc[16], const char *row, const __mmask16 *km,
+                                                              int whole, float f0, float f1, int raw) {
+    const __m512 q0 = _mm512_set1_ps(f0), q1 = _mm512_set1_ps(f1);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) {
+        __m128i b = whole ? _mm_loadu_si128((const __m128i *)(row + 16 * i)) : _mm_maskz_loadu_epi8(km[i], row + 16 * i);
+        acc[i] = _mm512_fmadd_ps(i < 8 ? q0 : q1, raw ? e4m3raw16(b) : e4m3x16(b), acc[i]);
+    }
+}
+
 /* fp8, one pass: columns [c0, c0 + 256), all of them when whole */
 static inline __attribute__((always_inline)) void qabs_fp8_pass(const float *q, int64_t nrows, const cpu_wmat *w,
                                                                int64_t r0, float *y, int64_t rnext, int64_t c0,
@@ -191,14 +203,11 @@ static inline __attribute__((always_inline)) void qabs_fp8_pass(const float *q, 
             for (int64_t l = 0; l < K; l += 64) _mm_prefetch(pf + l, _MM_HINT_T0);
         const char *row = base + (r0 + d) * K + c0;
         const float *sr = w->scale + ((r0 + d) / CPU_QB) * w->scale_ld + c0 / CPU_QB;
-        const __m512 q0 = _mm512_set1_ps(q[d] * sr[0]);
-        const __m512 q1 = _mm512_set1_ps(whole || c0 + 128 < K ? q[d] * sr[1] : 0.0f);
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++) {
-            __m128i b = whole ? _mm_loadu_si128((const __m128i *)(row + 16 * i))
-                              : _mm_maskz_loadu_epi8(km[i], row + 16 * i);
-            acc[i] = _mm512_fmadd_ps(i < 8 ? q0 : q1, e4m3x16(b), acc[i]);
-        }
+        const float f0 = q[d] * sr[0], f1 = whole || c0 + 128 < K ? q[d] * sr[1] : 0.0f;
+        if (E4M3_FOLDS(f0) && E4M3_FOLDS(f1)) /* the decode's x 2^120 in the broadcast */
+            qabs_fp8_row(acc, row, km, whole, f0 * 0x1p120f, f1 * 0x1p120f, 1);
+        else
+            qabs_fp8_row(acc, row, km, whole, f0, f1, 0);
     }
 #pragma GCC unroll 16
     for (int i = 0; i < 16; i++) _mm512_mask_storeu_ps(y + c0 + 16 * i, km[i], acc[i]);
