@@ -41,7 +41,7 @@ TEST_COMMON := $(wildcard tests/common/*.c)
 TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(B)/obj/%.o)
 -include $(wildcard plugins/*/plugin.mk)
 
-.PHONY: all test check demo bench install clean deps $(B)/fathom.pc
+.PHONY: all test check demo bench roofline install clean deps $(B)/fathom.pc
 all: $(B)/libfathom.so $(B)/libfathom.a $(B)/fathom $(PLUGIN_SO) $(B)/fathom.pc
 
 $(B)/obj/%.o: %.c
@@ -103,6 +103,10 @@ bench: $(DEPS_OK)
 	$(MAKE) all
 	$(B)/fathom bench overhead
 	$(B)/fathom bench gemm
+
+roofline: $(DEPS_OK)
+	$(MAKE) all
+	FATHOM_BUILD=$(B) tools/roofline -o $(B)/roofline
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/include/fathom $(DESTDIR)$(PREFIX)/lib/fathom/plugins \

@@ -39,7 +39,8 @@ run() {
         return
     fi
     miss=""
-    for f in ours peer peer_name ratio unit fma_probe_gflops bw_probe_gbs runs burst $fields; do
+    for f in ours peer peer_name ratio unit fma_probe_gflops bw_probe_gbs runs burst \
+        flop_per_call bytes_per_call flop_per_byte ours_gflops $fields; do
         printf '%s\n' "$out" | grep -q "\"$f\": " || miss="$miss $f"
     done
     if [ -n "$miss" ]; then
@@ -66,6 +67,20 @@ run "mla 128 rows, direct" "fraction_of_bf16_probe" \
 # the header names the burst
 out=$("$F" bench mla --ctx 64 --heads 2 --kv-lora 32 --rope 8 --nope 16 --v 16 --runs 5 --bw-mib 64 --burst 4 2>/dev/null)
 if printf '%s\n' "$out" | grep -q "a run = 4 calls back to back"; then ok; else bad "mla text header lacks the burst: $out"; fi
+
+# tools/roofline on tiny shapes: a row per op with its intensity and GFLOP/s, and the
+# plot (the BLAS peers' threads: leak checking off, as above)
+rl=$(mktemp -d)
+if ! LSAN_OPTIONS=detect_leaks=0 FATHOM_BUILD="$B" tools/roofline --quick -o "$rl" >"$rl/log" 2>&1; then
+    bad "roofline: failed: $(tail -n 3 "$rl/log")"
+elif [ "$(awk 'match($0, /^"[^"]*" /) { split(substr($0, RLENGTH + 1), v, " "); if (v[1] > 0 && v[2] > 0) n++ } END { print n + 0 }' "$rl/roofline.dat")" -lt 4 ]; then
+    bad "roofline: roofline.dat lacks rows with a positive intensity and GFLOP/s: $(cat "$rl/roofline.dat")"
+elif command -v gnuplot >/dev/null 2>&1 && ! grep -q "GEMM f32" "$rl/roofline.svg"; then
+    bad "roofline: roofline.svg lacks the GEMM f32 point"
+else
+    ok
+fi
+rm -rf "$rl"
 
 # bad options: refused, status 2, the option named
 refused() {

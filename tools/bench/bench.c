@@ -140,6 +140,13 @@ void bench_print(const bench_opts *o, const bench_report *r) {
         json_str(r->mode ? r->mode : "");
         printf(", \"device\": ");
         json_str(r->device ? r->device : "");
+        if (r->flop > 0 && r->bytes > 0 && r->t_ours > 0) {
+            printf(", \"flop_per_call\": %.6g, \"bytes_per_call\": %.6g, \"flop_per_byte\": %.6g, \"ours_gflops\": %.6g",
+                   r->flop, r->bytes, r->flop / r->bytes, r->flop / r->t_ours * 1e-9);
+            if (r->bytes_peer > 0 && r->t_peer > 0)
+                printf(", \"peer_bytes_per_call\": %.6g, \"peer_flop_per_byte\": %.6g, \"peer_gflops\": %.6g", r->bytes_peer,
+                       r->flop / r->bytes_peer, r->flop / r->t_peer * 1e-9);
+        }
         printf("%s}\n", r->extra_json);
         fflush(stdout);
         return;
@@ -157,6 +164,13 @@ void bench_print(const bench_opts *o, const bench_report *r) {
         printf("  peer         unavailable (%s)\n", r->peer_name);
     }
     if (r->extra_text[0]) fputs(r->extra_text, stdout);
+    if (r->flop > 0 && r->bytes > 0 && r->t_ours > 0) { /* where ours sits under the probes' roofs */
+        double ai = r->flop / r->bytes, roof = r->bw * ai;
+        printf("  roofline     %.3g FLOP/byte (%.4g MFLOP, %.4g MB a call): ours %.1f GFLOP/s; the roof there %.0f GFLOP/s "
+               "f32, %.0f bf16\n               (the FMA probe, or the BW probe x FLOP/byte where lower)\n",
+               ai, r->flop * 1e-6, r->bytes * 1e-6, r->flop / r->t_ours * 1e-9, roof < r->fma_f32 ? roof : r->fma_f32,
+               roof < r->fma_bf16 ? roof : r->fma_bf16);
+    }
     printf("  probe FMA    %10.2f GFLOP/s f32, %.2f GFLOP/s bf16 (vdpbf16ps)%s\n", r->fma_f32, r->fma_bf16,
            r->fma_bf16 <= 0 ? " [unavailable]" : r->bf16_interleaved ? " (bf16: a contender of the interleaved runs)" : "");
     if (r->bf16_interleaved)

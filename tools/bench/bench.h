@@ -155,6 +155,10 @@ typedef struct bench_report {
     int threads, runs;
     const char *mode;         /* api / plugin */
     const char *device;
+    /* the roofline (docs/bench.md): per call the op's FLOPs, the bytes it must read
+     * at least (weights, cache, activations; the peer's when it reads other copies, 0:
+     * not shown) and the median seconds of ours and of the peer; flop 0: none */
+    double flop, bytes, bytes_peer, t_ours, t_peer;
     char extra_json[2048];    /* ", \"key\": value" pairs */
     char extra_text[2048];    /* additional lines */
 } bench_report;

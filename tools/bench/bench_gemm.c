@@ -152,6 +152,10 @@ int bench_gemm(const bench_opts *o) {
     }
     r.peer_name = best >= 0 ? peers[best].name : "none available";
     r.ratio = r.peer > 0 ? r.ours / r.peer : 0;
+    /* the weights once (the peers: their f32 copies), x and y once */
+    const double wes = o->dtype == FM_F32 ? 4 : o->dtype == FM_F8_E4M3 ? 1 : 2, xy = 4.0 * (double)M * (double)(K + N);
+    r.flop = flop, r.bytes = wes * (double)N * (double)K + xy, r.t_ours = med[0];
+    if (best >= 0) r.bytes_peer = 4.0 * (double)N * (double)K + xy, r.t_peer = med[1 + best];
 
     /* agreement with the peer (same f32 weights; bf16-compute and fp8 act_quant differ by design) */
     double maxd = 0, maxp = 0;

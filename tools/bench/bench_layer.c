@@ -418,6 +418,8 @@ int bench_layer(const bench_opts *o) {
     }
     r.peer_name = best >= 0 ? peers[best].name : "none available";
     r.ratio = r.peer > 0 ? r.ours / r.peer : 0;
+    r.flop = flop, r.bytes = b_ours, r.t_ours = med[0]; /* the weights one run touches (the peers: f32 copies) */
+    if (best >= 0) r.bytes_peer = b_peer, r.t_peer = med[1 + best];
     double gbs = b_ours / med[0] * 1e-9;
     /* per-node medians of ours' runs (warmup excluded) */
     char nj[1024] = "", ntx[1024] = "";

@@ -211,6 +211,9 @@ int bench_route(const bench_opts *o) {
             diff += !hit;
         }
     double gb = (double)(E * H) * 2 / med[0] * 1e-9;
+    /* the gate GEMM's FLOPs; the bf16 gate and x once (the composition reads the same) */
+    r.flop = 2.0 * (double)(T * E * H), r.bytes = r.bytes_peer = (double)(E * H) * 2 + (double)(T * H) * 4;
+    r.t_ours = med[0], r.t_peer = med[1];
     snprintf(r.extra_json, sizeof r.extra_json, ", \"ours_us\": %.3f, \"peer_us\": %.3f, \"gate_gbs\": %.6g, \"ids_differing\": %lld",
              med[0] * 1e6, med[1] * 1e6, gb, (long long)diff);
     snprintf(r.extra_text, sizeof r.extra_text,
@@ -409,6 +412,10 @@ int bench_mla(const bench_opts *o) {
     double med[3] = {0, 0, 0};
     if (compare(o, &r, &t, flop * 1e-9, med)) return 1;
     double hot = med[2] > 0 ? flop * 1e-9 / med[2] : 0; /* GFLOP/s, set 0 only (nc > 1) */
+    /* the cache rows in use, kv_b, q and out once (the composition's own copies and
+     * intermediates differ: not shown) */
+    r.flop = flop, r.t_ours = med[0];
+    r.bytes = (double)(keys * D) * (double)ce + (double)(H * (nope + v) * C) * (f8 ? 1 : 2) + 4.0 * (double)(T * (qs + H * v));
     /* check: ours and the composition on set 0 */
     if (bench_ours_run(t.ours[0]) || bench_ours_read(t.ours[0]) || mla_peer(ms)) {
         fprintf(stderr, "fathom bench mla: check run failed: %s %s\n", bench_ours_error(t.ours[0]), bench_plugin_error(t.pl));

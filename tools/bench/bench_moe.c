@@ -233,6 +233,9 @@ int bench_experts(const bench_opts *o) {
     }
     r.peer_name = best >= 0 ? peers[best].name : "none available";
     r.ratio = r.peer > 0 ? r.ours / r.peer : 0;
+    /* the active experts' weights once (the peers: f32 copies), x and y once */
+    r.flop = flop, r.bytes = b_ours + 8.0 * (double)(T * H), r.t_ours = med[0];
+    if (best >= 0) r.bytes_peer = b_peer + 8.0 * (double)(T * H), r.t_peer = med[1 + best];
     double speed = best >= 0 ? med[1 + best] / med[0] : 0; /* time ratio: same work */
     /* decode: say whether the weights can come from the cache */
     double all_w = 3.0 * (double)E * (double)c.wbytes;
