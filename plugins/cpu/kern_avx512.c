@@ -125,10 +125,15 @@ static inline __m512 dec16(int dt, const void *row, int64_t k, __mmask16 km) {
     case DT_F32: return _mm512_maskz_loadu_ps(km, (const float *)row + k);
     case DT_BF16: return bf16x16(_mm256_maskz_loadu_epi16(km, (const uint16_t *)row + k));
     case DT_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(km, (const uint16_t *)row + k));
-    default: /* times 2^-120: see fp8_sc */
-        return e4m3raw16(__builtin_constant_p(km) && km == 0xffff ? _mm_loadu_si128((const __m128i *)((const uint8_t *)row + k))
-                                                                    : _mm_maskz_loadu_epi8(km, (const uint8_t *)row + k));
+    default: return e4m3x16(_mm_maskz_loadu_epi8(km, (const uint8_t *)row + k));
     }
+}
+
+/* dec16, fp8 codes as their raw values (times 2^-120: see fp8_sc) */
+static inline __m512 dec16r(int dt, const void *row, int64_t k, __mmask16 km) {
+    if (dt != DT_F8) return dec16(dt, row, k, km);
+    return e4m3raw16(__builtin_constant_p(km) && km == 0xffff ? _mm_loadu_si128((const __m128i *)((const uint8_t *)row + k))
+                                                                : _mm_maskz_loadu_epi8(km, (const uint8_t *)row + k));
 }
 
 /* fp8 rows' block scale s as the factors of their raw values (e4m3raw16): s 2^120 when
@@ -152,15 +157,13 @@ static inline __m512 fp8_sc(float s, __m512 *s2, int *two) {
                 _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();                                     \
             for (int64_t kb = 0; kb < K; kb += CPU_QB) {                                                         \
                 int64_t ke = kb + CPU_QB < K ? kb + CPU_QB : K;                                                  \
-                __m512 sc[R], s2[R];                                                                             \
-                int two[R];                                                                                      \
+                __m512 sc[R];                                                                                    \
                 _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) {                                              \
                     /* rows are short (one page each): fetch the same rows of the next group */             \
                     const char *pf = row[r] + R * K * es + kb * es;                                           \
                     for (int64_t l = 0; l < 2 * es; l++) _mm_prefetch(pf + 64 * l, _MM_HINT_T1);               \
-                    two[r] = 0;                                                                                  \
-                    sc[r] = DT == DT_F8 ? fp8_sc(w->scale[((n + (r < rv ? r : 0)) / CPU_QB) * w->scale_ld +       \
-                                                          kb / CPU_QB], &s2[r], &two[r])                         \
+                    sc[r] = DT == DT_F8 ? _mm512_set1_ps(w->scale[((n + (r < rv ? r : 0)) / CPU_QB) * w->scale_ld + \
+                                                                  kb / CPU_QB])                                  \
                                         : _mm512_set1_ps(1.0f);                                                  \
                 }                                                                                                \
                 for (int64_t k = kb; k < ke; k += 16) {                                                          \
@@ -169,7 +172,6 @@ static inline __m512 fp8_sc(float s, __m512 *s2, int *two) {
                     _Pragma("GCC unroll 16") for (int r = 0; r < R; r++) {                                          \
                         wv[r] = dec16(DT, row[r], k, km);                                                        \
                         if (DT == DT_F8) wv[r] = _mm512_mul_ps(wv[r], sc[r]);                                    \
-                        if (DT == DT_F8 && two[r]) wv[r] = _mm512_mul_ps(wv[r], s2[r]);                          \
                     }                                                                                            \
                     _Pragma("GCC unroll 16") for (int t = 0; t < T; t++) {                                          \
                         __m512 xv = _mm512_maskz_loadu_ps(km, x + t * ldx + k);                                  \
@@ -189,7 +191,7 @@ static inline __attribute__((always_inline)) void gemv1_64(int dt, const char *r
     __m512 w[4];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
-        w[i] = dec16(dt, row, k + 16 * i, 0xffff);
+        w[i] = dec16r(dt, row, k + 16 * i, 0xffff);
         if (dt == DT_F8) w[i] = _mm512_mul_ps(w[i], sc);
         if (dt == DT_F8 && two) w[i] = _mm512_mul_ps(w[i], s2);
     }
@@ -216,7 +218,7 @@ static inline __attribute__((always_inline)) void gemv1_64(int dt, const char *r
                 for (; k + 64 <= ke; k += 64) gemv1_64(DT, row, x, k, sc, s2, two, a);                          \
                 for (; k < ke; k += 16) {                                                                        \
                     __mmask16 km = m16((int)(ke - k));                                                           \
-                    __m512 w0 = dec16(DT, row, k, km);                                                           \
+                    __m512 w0 = dec16r(DT, row, k, km);                                                          \
                     if (DT == DT_F8) w0 = _mm512_mul_ps(w0, sc);                                                 \
                     if (DT == DT_F8 && two) w0 = _mm512_mul_ps(w0, s2);                                          \
                     a[0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(km, x + k), a[0]);                          \
