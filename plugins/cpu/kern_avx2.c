@@ -2,7 +2,6 @@
  * accumulators), few-row products with the weight decode in registers, and the
  * exact fp8 block-sum kernel in double. Packing uses the portable code. */
 #include <immintrin.h>
-#include <math.h>
 #include <string.h>
 
 #include "cpu.h"
@@ -35,9 +34,6 @@ static inline __m256 wload8(const cpu_wmat *w, int64_t n, int64_t k, int nv, flo
         memcpy(&c8, (const uint8_t *)w->data + i, 8);
         __m256i v = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(c8));
         v = _mm256_and_si256(_mm256_slli_epi32(v, 20), _mm256_set1_epi32((int)0x87f00000u));
-        /* the value times 2^-120; the 2^120 folded into sc when sc 2^120 is finite (the
-         * same exact product, rounded once: the same bits) */
-        if (fabsf(sc) < 0x1p7f) return _mm256_mul_ps(_mm256_castsi256_ps(v), _mm256_set1_ps(sc * 0x1p120f));
         __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(v), _mm256_set1_ps(0x1p120f));
         return _mm256_mul_ps(f, _mm256_set1_ps(sc));
     }
