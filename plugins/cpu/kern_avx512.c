@@ -358,9 +358,10 @@ static inline double fp8_block(const double *xd, const float *xf, const uint8_t 
 static void gemv_fp8(const float *xv, const float *xs, int T, int64_t K, const cpu_wmat *w, int64_t n0, int64_t n1,
                      float *y, int64_t ldy) {
     int64_t nb = (K + CPU_QB - 1) / CPU_QB;
-    double xb[T == 1 && K % CPU_QB == 0 && K <= XD_MAX ? K : 1];
+    const int wide = T == 1 && K % CPU_QB == 0 && K <= XD_MAX; /* one token: x widened once (whole blocks read it) */
+    double xb[wide ? K : 1];
     const double *xd = NULL;
-    if (T == 1 && K % CPU_QB == 0 && K <= XD_MAX) { /* one token: x widened once (only whole blocks read it) */
+    if (wide) {
         for (int64_t k = 0; k < K; k += 16) {
             __m512 x = _mm512_loadu_ps(xv + k);
             _mm512_storeu_pd(xb + k, _mm512_cvtps_pd(_mm512_castps512_ps256(x)));
