@@ -125,19 +125,34 @@ int bench_gemm(const bench_opts *o) {
     bench_probes(o, &r);
 
     gemm_ctx cx[3];
-    bench_fn fn[3];
-    void *ctx[3];
+    bench_fn fn[4];
+    void *ctx[4];
     cx[0] = (gemm_ctx){.ours = ours, .m = M, .n = N, .k = K, .x = x, .w = wf, .y = y};
     fn[0] = run_ours, ctx[0] = &cx[0];
     for (int i = 0; i < np; i++) {
         cx[1 + i] = (gemm_ctx){.peer = &peers[i], .m = M, .n = N, .k = K, .x = x, .w = wf, .y = yp};
         fn[1 + i] = run_peer, ctx[1 + i] = &cx[1 + i];
     }
-    bench_progress("interleaving ours and %d peer%s, %d runs each", np, np == 1 ? "" : "s", o->runs);
-    double med[3];
-    if (bench_interleave(1 + np, fn, ctx, o->runs, o->warmup, o->burst, med, NULL)) {
+    /* bf16 weights: the bf16 FMA probe runs among the contenders too (passes of about
+     * 20 ms), so the fraction of it compares two medians taken under the same
+     * conditions (a long run of ours may meet a busier machine than the probe did) */
+    bench_fma f;
+    int pf = o->dtype == FM_BF16 && r.fma_bf16 > 0;
+    if (pf) {
+        bench_fma_open(&f, nt, 0.02, r.fma_bf16);
+        fn[1 + np] = bench_fma_run, ctx[1 + np] = &f;
+    }
+    bench_progress("interleaving ours and %d peer%s%s, %d runs each", np, np == 1 ? "" : "s",
+                   pf ? " and the bf16 FMA probe" : "", o->runs);
+    double med[4];
+    if (bench_interleave(1 + np + pf, fn, ctx, o->runs, o->warmup, o->burst, med, NULL)) {
         fprintf(stderr, "fathom bench gemm: ours failed: %s\n", bench_ours_error(ours));
         return 1;
+    }
+    if (pf) {
+        r.fma_bf16_before = r.fma_bf16;
+        r.fma_bf16 = bench_fma_gflops(&f, med[1 + np]);
+        r.bf16_interleaved = 1;
     }
     double flop = 2.0 * (double)M * (double)N * (double)K;
     r.ours = flop / med[0] * 1e-9;
