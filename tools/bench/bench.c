@@ -120,6 +120,12 @@ static void json_str(const char *s) {
     putchar('"');
 }
 
+void bench_fma_report(bench_report *r, const bench_fma *f, double seconds) {
+    r->fma_bf16_before = r->fma_bf16;
+    r->fma_bf16 = bench_fma_gflops(f, seconds);
+    r->bf16_interleaved = 1;
+}
+
 void bench_print(const bench_opts *o, const bench_report *r) {
     if (o->json) {
         printf("{\"bench\": ");

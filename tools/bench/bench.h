@@ -163,6 +163,9 @@ typedef struct bench_report {
     char extra_text[2048];    /* additional lines */
 } bench_report;
 void bench_print(const bench_opts *o, const bench_report *r);
+/* The bf16 FMA probe ran as a contender (f), its median pass taking seconds: r's bf16
+ * probe becomes that figure, the one from before the runs kept. */
+void bench_fma_report(bench_report *r, const bench_fma *f, double seconds);
 /* Runs the probes at o->threads and stores them in r. */
 void bench_probes(const bench_opts *o, bench_report *r);
 /* Interleaved protocol: rounds of (each contender once, order rotating); medians

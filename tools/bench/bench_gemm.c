@@ -149,11 +149,7 @@ int bench_gemm(const bench_opts *o) {
         fprintf(stderr, "fathom bench gemm: ours failed: %s\n", bench_ours_error(ours));
         return 1;
     }
-    if (pf) {
-        r.fma_bf16_before = r.fma_bf16;
-        r.fma_bf16 = bench_fma_gflops(&f, med[1 + np]);
-        r.bf16_interleaved = 1;
-    }
+    if (pf) bench_fma_report(&r, &f, med[1 + np]);
     double flop = 2.0 * (double)M * (double)N * (double)K;
     r.ours = flop / med[0] * 1e-9;
     int best = -1;

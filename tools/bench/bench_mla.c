@@ -69,7 +69,6 @@ static int run_peer(void *c) {
 }
 
 static int run_ours_hot(void *c) { return bench_ours_run(((two *)c)->ours[0]); }
-static int run_probe(void *c) { return bench_fma_run(c); }
 
 /* Runs ours and the composition interleaved; fills r (unit per second = work / time).
  * With several data sets, ours also runs on set 0 alone as a third contender: med[2]
@@ -85,7 +84,7 @@ static int compare(const bench_opts *o, bench_report *r, two *t, double work, do
     int pf = !strcmp(o->sub, "mla") && r->fma_bf16 > 0;
     if (pf) {
         bench_fma_open(&f, r->threads, 0.02, r->fma_bf16);
-        fn[n] = run_probe, ctx[n] = &f;
+        fn[n] = bench_fma_run, ctx[n] = &f;
     }
     bench_progress("interleaving ours%s, the per-op composition%s, %d runs each", n == 3 ? " (cold and cached)" : "",
                    pf ? " and the bf16 FMA probe" : "", o->runs);
@@ -95,11 +94,7 @@ static int compare(const bench_opts *o, bench_report *r, two *t, double work, do
         return -1;
     }
     for (int i = 0; i < n; i++) med[i] = m[i];
-    if (pf) {
-        r->fma_bf16_before = r->fma_bf16;
-        r->fma_bf16 = bench_fma_gflops(&f, m[n]);
-        r->bf16_interleaved = 1;
-    }
+    if (pf) bench_fma_report(r, &f, m[n]);
     r->ours = work / med[0];
     r->peer = work / med[1];
     r->ratio = r->ours / r->peer;
