@@ -64,6 +64,12 @@ run "mla fp8 kv_b" "fraction_of_bf16_probe" mla --ctx 300 --heads 2 --kv-lora 12
 run "mla 128 rows, direct" "fraction_of_bf16_probe" \
     mla --ctx 300 --heads 32 --tokens 4 --kv-lora 64 --rope 16 --nope 32 --v 32 --cache-dtype bf16 --direct
 
+# mla times both probes among its contenders: the JSON says so
+out=$("$F" bench mla --ctx 64 --heads 2 --kv-lora 32 --rope 8 --nope 16 --v 16 $common 2>/dev/null)
+for f in bw_probe_interleaved bf16_probe_interleaved; do
+    if printf '%s\n' "$out" | grep -q "\"$f\": true"; then ok; else bad "mla: $f is not true: $out"; fi
+done
+
 # the header names the burst
 out=$("$F" bench mla --ctx 64 --heads 2 --kv-lora 32 --rope 8 --nope 16 --v 16 --runs 5 --bw-mib 64 --burst 4 2>/dev/null)
 if printf '%s\n' "$out" | grep -q "a run = 4 calls back to back"; then ok; else bad "mla text header lacks the burst: $out"; fi

@@ -126,6 +126,12 @@ void bench_fma_report(bench_report *r, const bench_fma *f, double seconds) {
     r->bf16_interleaved = 1;
 }
 
+void bench_bw_report(bench_report *r, const bench_bw *b, double seconds) {
+    r->bw_before = r->bw;
+    r->bw = (double)(b->n * sizeof(float)) / seconds * 1e-9;
+    r->bw_interleaved = 1;
+}
+
 void bench_print(const bench_opts *o, const bench_report *r) {
     if (o->json) {
         printf("{\"bench\": ");
@@ -140,6 +146,7 @@ void bench_print(const bench_opts *o, const bench_report *r) {
                r->fma_f32, r->fma_bf16, r->bw, r->bw_interleaved ? "true" : "false");
         printf(", \"bf16_probe_interleaved\": %s", r->bf16_interleaved ? "true" : "false");
         if (r->bf16_interleaved) printf(", \"bf16_probe_before_gflops\": %.6g", r->fma_bf16_before);
+        if (r->bw_interleaved) printf(", \"bw_probe_before_gbs\": %.6g", r->bw_before);
         printf(", \"threads\": %d, \"runs\": %d, \"burst\": %d, \"backend\": ", r->threads, r->runs, o->burst);
         json_str(o->backend);
         printf(", \"mode\": ");
@@ -183,6 +190,7 @@ void bench_print(const bench_opts *o, const bench_report *r) {
         printf("               bf16 before the runs: %.2f GFLOP/s (best of 3)\n", r->fma_bf16_before);
     printf("  probe BW     %10.2f GB/s streaming read%s\n", r->bw,
            r->bw_interleaved ? " (a contender of the interleaved runs: median of its passes)" : "");
+    if (r->bw_interleaved) printf("               before the runs: %.2f GB/s (best of 4)\n", r->bw_before);
     fflush(stdout);
 }
 

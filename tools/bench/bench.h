@@ -152,6 +152,7 @@ typedef struct bench_report {
     int bw_interleaved;       /* bw: the probe ran among the contenders' runs (median), not before them */
     int bf16_interleaved;     /* fma_bf16: likewise */
     double fma_bf16_before;   /* with bf16_interleaved: the probe's figure before the runs (best of 3) */
+    double bw_before;         /* with bw_interleaved: likewise */
     int threads, runs;
     const char *mode;         /* api / plugin */
     const char *device;
@@ -166,6 +167,8 @@ void bench_print(const bench_opts *o, const bench_report *r);
 /* The bf16 FMA probe ran as a contender (f), its median pass taking seconds: r's bf16
  * probe becomes that figure, the one from before the runs kept. */
 void bench_fma_report(bench_report *r, const bench_fma *f, double seconds);
+/* the bandwidth probe's figure from the median seconds of its interleaved passes */
+void bench_bw_report(bench_report *r, const bench_bw *b, double seconds);
 /* Runs the probes at o->threads and stores them in r. */
 void bench_probes(const bench_opts *o, bench_report *r);
 /* Interleaved protocol: rounds of (each contender once, order rotating); medians

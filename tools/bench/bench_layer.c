@@ -400,8 +400,7 @@ int bench_layer(const bench_opts *o) {
         return 1;
     }
     if (nbw) {
-        r.bw = (double)(bw.n * sizeof(float)) / med[1 + np] * 1e-9;
-        r.bw_interleaved = 1;
+        bench_bw_report(&r, &bw, med[1 + np]);
         bench_bw_close(&bw);
     }
     double flop = 2.0 * L.T * L.H * (L.E + 3.0 * L.IS + 3.0 * L.k * L.I);

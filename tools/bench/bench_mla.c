@@ -75,21 +75,33 @@ static int run_ours_hot(void *c) { return bench_ours_run(((two *)c)->ours[0]); }
  * is the time with the data in cache. */
 static int compare(const bench_opts *o, bench_report *r, two *t, double work, double *med) {
     two a = *t, b = *t, h = *t;
-    bench_fn fn[4] = {run_ours, run_peer, run_ours_hot};
-    void *ctx[4] = {&a, &b, &h};
+    bench_fn fn[5] = {run_ours, run_peer, run_ours_hot};
+    void *ctx[5] = {&a, &b, &h};
     int n = t->n > 1 ? 3 : 2;
-    /* mla: the bf16 FMA probe runs among the contenders too (passes of about 20 ms), so
-     * the fraction of it compares two medians taken under the same conditions */
+    /* mla: the bf16 FMA probe and the bandwidth probe run among the contenders too
+     * (passes of about 20 ms; one pass over the buffer), so the fraction of the FMA
+     * probe compares two medians taken under the same conditions, and the roofline's
+     * memory roof is the bandwidth of those minutes (other tenants move it) */
     bench_fma f;
-    int pf = !strcmp(o->sub, "mla") && r->fma_bf16 > 0;
+    bench_bw bw;
+    int mla = !strcmp(o->sub, "mla"), pf = mla && r->fma_bf16 > 0, pb = 0;
     if (pf) {
         bench_fma_open(&f, r->threads, 0.02, r->fma_bf16);
         fn[n] = bench_fma_run, ctx[n] = &f;
     }
-    bench_progress("interleaving ours%s, the per-op composition%s, %d runs each", n == 3 ? " (cold and cached)" : "",
-                   pf ? " and the bf16 FMA probe" : "", o->runs);
-    double m[4];
-    if (bench_interleave(n + pf, fn, ctx, o->runs, o->warmup, o->burst, m, NULL)) {
+    if (mla && bench_bw_open(&bw, r->threads, (size_t)o->bw_mib << 20) == 0) {
+        pb = 1;
+        fn[n + pf] = bench_bw_run, ctx[n + pf] = &bw;
+    }
+    bench_progress("interleaving ours%s, the per-op composition%s%s, %d runs each", n == 3 ? " (cold and cached)" : "",
+                   pf ? ", the bf16 FMA probe" : "", pb ? " and the bandwidth probe" : "", o->runs);
+    double m[5];
+    int rc = bench_interleave(n + pf + pb, fn, ctx, o->runs, o->warmup, o->burst, m, NULL);
+    if (pb) {
+        if (!rc) bench_bw_report(r, &bw, m[n + pf]);
+        bench_bw_close(&bw);
+    }
+    if (rc) {
         fprintf(stderr, "fathom bench %s: failed: %s %s\n", o->sub, bench_ours_error(t->ours[0]), bench_plugin_error(t->pl));
         return -1;
     }
