@@ -120,16 +120,35 @@ static void json_str(const char *s) {
     putchar('"');
 }
 
-void bench_fma_report(bench_report *r, const bench_fma *f, double seconds) {
-    r->fma_bf16_before = r->fma_bf16;
-    r->fma_bf16 = bench_fma_gflops(f, seconds);
-    r->bf16_interleaved = 1;
+const char *bench_live_add(bench_live *p, const bench_opts *o, const bench_report *r, int fma, int bw,
+                           bench_fn *fn, void **ctx, int *n) {
+    p->i_fma = p->i_bw = -1;
+    if (fma && r->fma_bf16 > 0) { /* passes of about 20 ms */
+        bench_fma_open(&p->f, r->threads, 0.02, r->fma_bf16);
+        p->i_fma = *n, fn[*n] = bench_fma_run, ctx[(*n)++] = &p->f;
+    }
+    if (bw && bench_bw_open(&p->bw, r->threads, (size_t)o->bw_mib << 20) == 0) /* a pass over the buffer */
+        p->i_bw = *n, fn[*n] = bench_bw_run, ctx[(*n)++] = &p->bw;
+    return p->i_fma >= 0 && p->i_bw >= 0 ? ", the bf16 FMA probe and the bandwidth probe"
+           : p->i_fma >= 0               ? " and the bf16 FMA probe"
+           : p->i_bw >= 0                ? " and the bandwidth probe"
+                                         : "";
 }
 
-void bench_bw_report(bench_report *r, const bench_bw *b, double seconds) {
-    r->bw_before = r->bw;
-    r->bw = (double)(b->n * sizeof(float)) / seconds * 1e-9;
-    r->bw_interleaved = 1;
+void bench_live_done(bench_live *p, bench_report *r, const double *med) {
+    if (med && p->i_fma >= 0) {
+        r->fma_bf16_before = r->fma_bf16;
+        r->fma_bf16 = bench_fma_gflops(&p->f, med[p->i_fma]);
+        r->bf16_interleaved = 1;
+    }
+    if (p->i_bw >= 0) {
+        if (med) {
+            r->bw_before = r->bw;
+            r->bw = (double)(p->bw.n * sizeof(float)) / med[p->i_bw] * 1e-9;
+            r->bw_interleaved = 1;
+        }
+        bench_bw_close(&p->bw);
+    }
 }
 
 void bench_print(const bench_opts *o, const bench_report *r) {

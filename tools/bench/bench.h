@@ -164,11 +164,6 @@ typedef struct bench_report {
     char extra_text[2048];    /* additional lines */
 } bench_report;
 void bench_print(const bench_opts *o, const bench_report *r);
-/* The bf16 FMA probe ran as a contender (f), its median pass taking seconds: r's bf16
- * probe becomes that figure, the one from before the runs kept. */
-void bench_fma_report(bench_report *r, const bench_fma *f, double seconds);
-/* the bandwidth probe's figure from the median seconds of its interleaved passes */
-void bench_bw_report(bench_report *r, const bench_bw *b, double seconds);
 /* Runs the probes at o->threads and stores them in r. */
 void bench_probes(const bench_opts *o, bench_report *r);
 /* Interleaved protocol: rounds of (each contender once, order rotating); medians
@@ -180,6 +175,23 @@ typedef int (*bench_fn)(void *ctx);
  * runs x burst call times (all: n x runs x burst of them, or NULL). */
 int bench_interleave(int n, bench_fn const *fn, void *const *ctx, int runs, int warmup, int burst, double *med,
                      double *all);
+/* Probes run as contenders of bench_interleave, so a fraction of one compares two
+ * medians taken under the same conditions (a shared machine's FMA rate and bandwidth
+ * move from minute to minute). */
+typedef struct bench_live {
+    bench_fma f;
+    bench_bw bw;
+    int i_fma, i_bw;          /* their places among the contenders, or -1 */
+} bench_live;
+/* Appends the probes asked for to fn/ctx at *n: fma, the bf16 FMA probe (when r has
+ * one); bw, the bandwidth probe (when its buffer can be had). Returns the phrase that
+ * names them for a progress line ("" for none). */
+const char *bench_live_add(bench_live *p, const bench_opts *o, const bench_report *r, int fma, int bw,
+                           bench_fn *fn, void **ctx, int *n);
+/* After the runs (med: their medians, or NULL when they failed): r's probe figures
+ * become the interleaved ones, those from before the runs kept; frees the buffer. */
+void bench_live_done(bench_live *p, bench_report *r, const double *med);
+
 int bench_threads_effective(const bench_opts *o);
 
 #endif

@@ -133,23 +133,19 @@ int bench_gemm(const bench_opts *o) {
         cx[1 + i] = (gemm_ctx){.peer = &peers[i], .m = M, .n = N, .k = K, .x = x, .w = wf, .y = yp};
         fn[1 + i] = run_peer, ctx[1 + i] = &cx[1 + i];
     }
-    /* bf16 weights: the bf16 FMA probe runs among the contenders too (passes of about
-     * 20 ms), so the fraction of it compares two medians taken under the same
-     * conditions (a long run of ours may meet a busier machine than the probe did) */
-    bench_fma f;
-    int pf = o->dtype == FM_BF16 && r.fma_bf16 > 0;
-    if (pf) {
-        bench_fma_open(&f, nt, 0.02, r.fma_bf16);
-        fn[1 + np] = bench_fma_run, ctx[1 + np] = &f;
-    }
-    bench_progress("interleaving ours and %d peer%s%s, %d runs each", np, np == 1 ? "" : "s",
-                   pf ? " and the bf16 FMA probe" : "", o->runs);
+    /* bf16 weights: the bf16 FMA probe runs among the contenders too (a long run of
+     * ours may meet a busier machine than the probe did before the runs) */
+    bench_live live;
+    int nc = 1 + np;
+    const char *lp = bench_live_add(&live, o, &r, o->dtype == FM_BF16, 0, fn, ctx, &nc);
+    bench_progress("interleaving ours and %d peer%s%s, %d runs each", np, np == 1 ? "" : "s", lp, o->runs);
     double med[4];
-    if (bench_interleave(1 + np + pf, fn, ctx, o->runs, o->warmup, o->burst, med, NULL)) {
+    int rc = bench_interleave(nc, fn, ctx, o->runs, o->warmup, o->burst, med, NULL);
+    bench_live_done(&live, &r, rc ? NULL : med);
+    if (rc) {
         fprintf(stderr, "fathom bench gemm: ours failed: %s\n", bench_ours_error(ours));
         return 1;
     }
-    if (pf) bench_fma_report(&r, &f, med[1 + np]);
     double flop = 2.0 * (double)M * (double)N * (double)K;
     r.ours = flop / med[0] * 1e-9;
     int best = -1;

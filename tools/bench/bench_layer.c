@@ -384,24 +384,21 @@ int bench_layer(const bench_opts *o) {
     void *ctx[4];
     cx[0] = L, fn[0] = run_ours, ctx[0] = &cx[0];
     for (int i = 0; i < np; i++) cx[1 + i] = L, cx[1 + i].peer = &peers[i], fn[1 + i] = run_peer, ctx[1 + i] = &cx[1 + i];
-    /* the bandwidth probe runs among the contenders too, so the fraction of it compares
-     * two medians taken under the same conditions (the machine's bandwidth moves) */
-    bench_bw bw;
-    int nbw = bench_bw_open(&bw, nt, (size_t)o->bw_mib << 20) == 0;
-    if (nbw) fn[1 + np] = bench_bw_run, ctx[1 + np] = &bw;
-    bench_progress("interleaving ours, %d peer%s and the bandwidth probe, %d runs each", np, np == 1 ? "" : "s", o->runs);
+    /* the bandwidth probe runs among the contenders too (the layer is judged against it) */
+    bench_live live;
+    int nc = 1 + np;
+    const char *lp = bench_live_add(&live, o, &r, 0, 1, fn, ctx, &nc);
+    bench_progress("interleaving ours, %d peer%s%s, %d runs each", np, np == 1 ? "" : "s", lp, o->runs);
     double med[4];
     /* warm-up: every input twice, so every expert it routes to has been read since the weights
      * were written (first reads of fresh memory are slow on virtual machines; see bench_moe.c) */
     int warm = o->warmup > 2 * NX ? o->warmup : 2 * NX;
     bench_progress("%d warm-up rounds (every input twice)", warm);
-    if (bench_interleave(1 + np + nbw, fn, ctx, o->runs, warm, o->burst, med, NULL)) {
+    int rc = bench_interleave(nc, fn, ctx, o->runs, warm, o->burst, med, NULL);
+    bench_live_done(&live, &r, rc ? NULL : med);
+    if (rc) {
         fprintf(stderr, "fathom bench layer: ours failed: %s\n", cx[0].err);
         return 1;
-    }
-    if (nbw) {
-        bench_bw_report(&r, &bw, med[1 + np]);
-        bench_bw_close(&bw);
     }
     double flop = 2.0 * L.T * L.H * (L.E + 3.0 * L.IS + 3.0 * L.k * L.I);
     r.ours = (double)L.T / med[0];

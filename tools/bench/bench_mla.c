@@ -78,35 +78,22 @@ static int compare(const bench_opts *o, bench_report *r, two *t, double work, do
     bench_fn fn[5] = {run_ours, run_peer, run_ours_hot};
     void *ctx[5] = {&a, &b, &h};
     int n = t->n > 1 ? 3 : 2;
-    /* mla: the bf16 FMA probe and the bandwidth probe run among the contenders too
-     * (passes of about 20 ms; one pass over the buffer), so the fraction of the FMA
-     * probe compares two medians taken under the same conditions, and the roofline's
-     * memory roof is the bandwidth of those minutes (other tenants move it) */
-    bench_fma f;
-    bench_bw bw;
-    int mla = !strcmp(o->sub, "mla"), pf = mla && r->fma_bf16 > 0, pb = 0;
-    if (pf) {
-        bench_fma_open(&f, r->threads, 0.02, r->fma_bf16);
-        fn[n] = bench_fma_run, ctx[n] = &f;
-    }
-    if (mla && bench_bw_open(&bw, r->threads, (size_t)o->bw_mib << 20) == 0) {
-        pb = 1;
-        fn[n + pf] = bench_bw_run, ctx[n + pf] = &bw;
-    }
-    bench_progress("interleaving ours%s, the per-op composition%s%s, %d runs each", n == 3 ? " (cold and cached)" : "",
-                   pf ? ", the bf16 FMA probe" : "", pb ? " and the bandwidth probe" : "", o->runs);
+    /* mla: both probes run among the contenders too: the fraction of the bf16 FMA probe
+     * compares medians taken under the same conditions, and the roofline's memory roof
+     * is the bandwidth of those minutes (other tenants move it) */
+    bench_live live;
+    int mla = !strcmp(o->sub, "mla"), nc = n;
+    const char *lp = bench_live_add(&live, o, r, mla, mla, fn, ctx, &nc);
+    bench_progress("interleaving ours%s, the per-op composition%s, %d runs each", n == 3 ? " (cold and cached)" : "", lp,
+                   o->runs);
     double m[5];
-    int rc = bench_interleave(n + pf + pb, fn, ctx, o->runs, o->warmup, o->burst, m, NULL);
-    if (pb) {
-        if (!rc) bench_bw_report(r, &bw, m[n + pf]);
-        bench_bw_close(&bw);
-    }
+    int rc = bench_interleave(nc, fn, ctx, o->runs, o->warmup, o->burst, m, NULL);
+    bench_live_done(&live, r, rc ? NULL : m);
     if (rc) {
         fprintf(stderr, "fathom bench %s: failed: %s %s\n", o->sub, bench_ours_error(t->ours[0]), bench_plugin_error(t->pl));
         return -1;
     }
     for (int i = 0; i < n; i++) med[i] = m[i];
-    if (pf) bench_fma_report(r, &f, m[n]);
     r->ours = work / med[0];
     r->peer = work / med[1];
     r->ratio = r->ours / r->peer;
