@@ -258,10 +258,4 @@ CPU_HIDDEN void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, co
  * rnext: the first row the caller reads next (requested at the end), or -1. */
 CPU_HIDDEN void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y, int64_t rnext);
 
-/* ---- MoE kernels ---- */
-/* kern_moe_avx512.c (AVX-512 levels only): y0[n] = x . row n of r0, y1[n] = x . row n of r1, n < nrows,
- * bf16 rows of K, two streams at once; the same bits as the T = 1 few-row kernel. */
-CPU_HIDDEN void cpu_moe_gemv2_bf16_avx512(const float *x, int64_t K, const uint16_t *r0, const uint16_t *r1,
-                                          int64_t nrows, float *y0, float *y1);
-
 #endif

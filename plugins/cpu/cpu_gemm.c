@@ -210,15 +210,6 @@ static void rect(const gemm_job *j, int64_t m0, int64_t m1, int64_t n0, int64_t 
         if (j->path == PATH_FP8) {
             int64_t nb = (j->w->K + CPU_QB - 1) / CPU_QB;
             j->k->gemv_fp8(j->xv + m0 * j->w->K, j->xs + m0 * nb, (int)(m1 - m0), j->w->K, j->w, n0, n1, y, j->ldy);
-        } else if (m1 - m0 == 1 && n1 - n0 >= 2 && j->w->dtype == FM_BF16 &&
-                   (j->s->isa == CPU_ISA_AVX512 || j->s->isa == CPU_ISA_AVX512BF16)) {
-            /* one token, bf16 rows: the two halves of the rows read at once (one core keeps
-             * more misses in flight with two streams; the same bits as the one-row kernel) */
-            const int64_t K = j->w->K, half = (n1 - n0) / 2;
-            const uint16_t *wd = j->w->data;
-            const float *x = j->x + m0 * j->ldx;
-            cpu_moe_gemv2_bf16_avx512(x, K, wd + n0 * K, wd + (n0 + half) * K, half, y, y + half);
-            if ((n1 - n0) & 1) j->k->gemv(x, j->ldx, 1, j->w, n1 - 1, n1, y + (n1 - 1 - n0), j->ldy);
         } else {
             j->k->gemv(j->x + m0 * j->ldx, j->ldx, (int)(m1 - m0), j->w, n0, n1, y, j->ldy);
         }

@@ -175,7 +175,6 @@ typedef struct dec_job {
     const fm_pl_node *nd;
     int64_t T, H, I, k, nbI, nact;
     int aq;
-    int two;                   /* AVX-512: single-row groups of bf16 weights read two streams at once */
     const int32_t *act;        /* [nact] active experts, ascending */
     const int64_t *goff;       /* [nact + 1] first group row of each active expert */
     const float *const *xp;    /* [nact] x rows of the group (or their act_quant values) */
@@ -208,16 +207,11 @@ static void dec_unit_a(const dec_job *j, int64_t a, int64_t c, float *g) {
     cpu_wmat wg, wu;
     w_of(j->nd, 0, j->act[a], &wg);
     w_of(j->nd, 1, j->act[a], &wu);
-    if (n == 1 && j->two && wg.dtype == FM_BF16 && wu.dtype == FM_BF16) { /* one row: gate and up side by side */
-        cpu_moe_gemv2_bf16_avx512(j->xp[a], j->H, (const uint16_t *)wg.data + i0 * wg.K,
-                                  (const uint16_t *)wu.data + i0 * wu.K, nn, g, u);
-    } else {
     dec_prefetch(&wu, i0);
     if (j->aq && wg.dtype == FM_F8_E4M3) kk->gemv_fp8(j->xp[a], j->xsp[a], (int)n, wg.K, &wg, i0, i1, g, nn);
     else kk->gemv(j->xp[a], j->H, (int)n, &wg, i0, i1, g, nn);
     if (j->aq && wu.dtype == FM_F8_E4M3) kk->gemv_fp8(j->xp[a], j->xsp[a], (int)n, wu.K, &wu, i0, i1, u, nn);
     else kk->gemv(j->xp[a], j->H, (int)n, &wu, i0, i1, u, nn);
-    }
     for (int64_t r = 0; r < n; r++) {
         float *hr = j->h + (r0 + r) * I + i0;
         kk->swiglu_row(g + r * nn, u + r * nn, hr, nn);
@@ -231,13 +225,7 @@ static void dec_unit_b(dec_job *j, int64_t a, int64_t c) {
     int64_t r0 = j->goff[a], n = j->goff[a + 1] - r0;
     cpu_wmat wd;
     w_of(j->nd, 2, j->act[a], &wd);
-    if (n == 1 && j->two && wd.dtype == FM_BF16 && h1 - h0 >= 2) { /* one row: two halves of the range side by side */
-        int64_t half = (h1 - h0) / 2;
-        const uint16_t *w = (const uint16_t *)wd.data;
-        float *orow = j->o + r0 * H;
-        cpu_moe_gemv2_bf16_avx512(j->h + r0 * I, I, w + h0 * I, w + (h0 + half) * I, half, orow + h0, orow + h0 + half);
-        if (h0 + 2 * half < h1) kk->gemv(j->h + r0 * I, I, 1, &wd, h1 - 1, h1, orow + h1 - 1, H);
-    } else if (j->aq && wd.dtype == FM_F8_E4M3)
+    if (j->aq && wd.dtype == FM_F8_E4M3)
         kk->gemv_fp8(j->hv + r0 * I, j->hs + r0 * j->nbI, (int)n, I, &wd, h0, h1, j->o + r0 * H + h0, H);
     else
         kk->gemv(j->h + r0 * I, I, (int)n, &wd, h0, h1, j->o + r0 * H + h0, H);
@@ -380,8 +368,7 @@ static fm_status moe_decode(cpu_state *s, const fm_pl_node *nd, int64_t T, int64
     *j = (dec_job){.s = s, .nd = nd, .T = T, .H = H, .I = I, .k = k, .nbI = nbI, .nact = nact, .aq = aq, .act = act,
                    .goff = goff, .xp = xp, .xsp = xsp, .h = h, .hv = hv, .hs = hs, .o = o, .crow = crow, .cwt = cwt,
                    .y = nd->dst[0]->data, .tscr = tscr, .per_thread = per, .ca = ca, .cb = cb, .nca = nca,
-                   .ncb = ncb, .qa = qa, .qb = qb, .done = done,
-                   .two = s->isa == CPU_ISA_AVX512 || s->isa == CPU_ISA_AVX512BF16};
+                   .ncb = ncb, .qa = qa, .qb = qb, .done = done};
     for (int v = 0; v <= nt; v++) j->c0a[v] = nca * v / nt, j->c0b[v] = ncb * v / nt;
     for (int v = 0; v < nt; v++) {
         cpu_wq_init(&qa[v], 0, nact * (j->c0a[v + 1] - j->c0a[v]));

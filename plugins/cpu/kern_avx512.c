@@ -199,57 +199,87 @@ static inline __attribute__((always_inline)) void gemv1_64(int dt, const char *r
     for (int i = 0; i < 4; i++) a[i] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(x + k + 16 * i), a[i]);
 }
 
-/* T = 1: one row at a time with four accumulators, so the weight matrix is read as a
- * single linear stream (best for the DRAM pages and the hardware prefetchers). */
-#define GEMV1_BODY(NM, DT)                                                                                       \
-    static void gemv1_##NM(const float *x, const cpu_wmat *w, int64_t n0, int64_t n1, float *y) {                \
-        const int64_t K = w->K, es = DT == DT_F32 ? 4 : DT == DT_F8 ? 1 : 2;                                     \
-        for (int64_t n = n0; n < n1; n++) {                                                                      \
-            const char *row = (const char *)w->data + n * K * es;                                                \
-            __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};  \
-            for (int64_t kb = 0; kb < K; kb += CPU_QB) {                                                         \
-                int64_t ke = kb + CPU_QB < K ? kb + CPU_QB : K;                                                  \
-                __m512 s2;                                                                                       \
-                int two = 0;                                                                                     \
-                __m512 sc = DT == DT_F8 ? fp8_sc(w->scale[(n / CPU_QB) * w->scale_ld + kb / CPU_QB], &s2, &two)  \
-                                        : _mm512_set1_ps(1.0f);                                                  \
-                for (int64_t l = 0; l < 2 * es; l++) _mm_prefetch(row + kb * es + 6144 + 64 * l, _MM_HINT_T0);   \
-                int64_t k = kb;                                                                                  \
-                for (; k + 64 <= ke; k += 64) gemv1_64(DT, row, x, k, sc, s2, two, a);                          \
-                for (; k < ke; k += 16) {                                                                        \
-                    __mmask16 km = m16((int)(ke - k));                                                           \
-                    __m512 w0 = dec16r(DT, row, k, km);                                                          \
-                    if (DT == DT_F8) w0 = _mm512_mul_ps(w0, sc);                                                 \
-                    if (DT == DT_F8 && two) w0 = _mm512_mul_ps(w0, s2);                                          \
-                    a[0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(km, x + k), a[0]);                          \
-                }                                                                                                \
-            }                                                                                                    \
-            y[n - n0] = hsum(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));               \
-        }                                                                                                        \
+/* a += row n's 128-block [kb, ke) . x: the steps of 64 (for whole fp8 blocks both
+ * unrolled for either form of the scale: the generic loop, with the step count
+ * unknown, ran 1.3-1.4x as long on L2-resident rows), then a masked tail into a[0] */
+static inline __attribute__((always_inline)) void gemv1_blk(int dt, int whole, const cpu_wmat *w, int64_t n,
+                                                           const char *row, const float *x, int64_t kb, int64_t ke,
+                                                           __m512 a[4]) {
+    __m512 s2 = _mm512_set1_ps(1.0f);
+    int two = 0;
+    __m512 sc = dt == DT_F8 ? fp8_sc(w->scale[(n / CPU_QB) * w->scale_ld + kb / CPU_QB], &s2, &two) : s2;
+    if (dt == DT_F8 && whole) {
+        if (!two) gemv1_64(DT_F8, row, x, kb, sc, sc, 0, a), gemv1_64(DT_F8, row, x, kb + 64, sc, sc, 0, a);
+        else gemv1_64(DT_F8, row, x, kb, sc, s2, 1, a), gemv1_64(DT_F8, row, x, kb + 64, sc, s2, 1, a);
+        return;
     }
+    int64_t k = kb;
+    for (; k + 64 <= ke; k += 64) gemv1_64(dt, row, x, k, sc, s2, two, a);
+    for (; k < ke; k += 16) {
+        __mmask16 km = m16((int)(ke - k));
+        __m512 w0 = dec16r(dt, row, k, km);
+        if (dt == DT_F8) w0 = _mm512_mul_ps(w0, sc);
+        if (dt == DT_F8 && two) w0 = _mm512_mul_ps(w0, s2);
+        a[0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(km, x + k), a[0]);
+    }
+}
 
-/* fp8 rows of whole 128-blocks: the same operations in the same order as gemv1_f8,
- * each block's two steps unrolled for either form (the scale folded or not). The
- * generic loop, with a block's step count unknown, ran 1.3-1.4x as long (a
- * microbenchmark on L2-resident rows). */
-static void gemv1_f8_whole(const float *x, const cpu_wmat *w, int64_t n0, int64_t n1, float *y) {
-    const int64_t K = w->K;
-    for (int64_t n = n0; n < n1; n++) {
-        const char *row = (const char *)w->data + n * K;
-        const float *sr = w->scale + (n / CPU_QB) * w->scale_ld;
+/* T = 1: each row with four accumulators, reduced ((a0 + a1) + (a2 + a3)), the same
+ * operations in the same order for any n0, n1. The rows are read as GEMV_S streams,
+ * the quarters of [n0, n1), one row of each at a time, each stream requested GEMV_PF
+ * bytes ahead (the last rows, fewer than GEMV_S, alone): one core keeps more misses in
+ * flight over four streams than over one or two, and needs the requests to do so. In
+ * the moe_experts decode this took 8-12% less time than two streams with no requests
+ * (bf16), 20% less than one stream (f32): docs/cpu.md. */
+#define GEMV_S 4
+#define GEMV_PF 2048
+static inline __attribute__((always_inline)) void gemv1_rows(int dt, int whole, const float *x, const cpu_wmat *w,
+                                                            int64_t n0, int64_t n1, float *y) {
+    const int64_t K = w->K, es = dt == DT_F32 ? 4 : dt == DT_F8 ? 1 : 2, q = (n1 - n0) / GEMV_S;
+    const int plain = dt != DT_F8 && K % 64 == 0; /* no scales, no tails: one loop over the steps of 64 */
+    for (int64_t i = 0; i < q; i++) {
+        const char *row[GEMV_S];
+        __m512 a[GEMV_S][4];
+#pragma GCC unroll 4
+        for (int s = 0; s < GEMV_S; s++) {
+            row[s] = (const char *)w->data + (n0 + s * q + i) * K * es;
+            a[s][0] = a[s][1] = a[s][2] = a[s][3] = _mm512_setzero_ps();
+        }
+        if (plain) {
+            for (int64_t k = 0; k < K; k += 64)
+#pragma GCC unroll 4
+                for (int s = 0; s < GEMV_S; s++) {
+                    for (int64_t l = 0; l < es; l++) _mm_prefetch(row[s] + k * es + GEMV_PF + 64 * l, _MM_HINT_T0);
+                    gemv1_64(dt, row[s], x, k, a[s][0], a[s][0], 0, a[s]);
+                }
+        } else {
+            for (int64_t kb = 0; kb < K; kb += CPU_QB)
+#pragma GCC unroll 4
+                for (int s = 0; s < GEMV_S; s++) {
+                    for (int64_t l = 0; l < 2 * es; l++) _mm_prefetch(row[s] + kb * es + GEMV_PF + 64 * l, _MM_HINT_T0);
+                    gemv1_blk(dt, whole, w, n0 + s * q + i, row[s], x, kb, kb + CPU_QB < K ? kb + CPU_QB : K, a[s]);
+                }
+        }
+#pragma GCC unroll 4
+        for (int s = 0; s < GEMV_S; s++)
+            y[s * q + i] = hsum(_mm512_add_ps(_mm512_add_ps(a[s][0], a[s][1]), _mm512_add_ps(a[s][2], a[s][3])));
+    }
+    for (int64_t n = n0 + GEMV_S * q; n < n1; n++) {
+        const char *row = (const char *)w->data + n * K * es;
         __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (int64_t kb = 0; kb < K; kb += CPU_QB) {
-            __m512 s2;
-            int two;
-            __m512 sc = fp8_sc(sr[kb / CPU_QB], &s2, &two);
-            _mm_prefetch(row + kb + 6144, _MM_HINT_T0);
-            _mm_prefetch(row + kb + 6144 + 64, _MM_HINT_T0);
-            if (!two) gemv1_64(DT_F8, row, x, kb, sc, sc, 0, a), gemv1_64(DT_F8, row, x, kb + 64, sc, sc, 0, a);
-            else gemv1_64(DT_F8, row, x, kb, sc, s2, 1, a), gemv1_64(DT_F8, row, x, kb + 64, sc, s2, 1, a);
+            for (int64_t l = 0; l < 2 * es; l++) _mm_prefetch(row + kb * es + GEMV_PF + 64 * l, _MM_HINT_T0);
+            gemv1_blk(dt, whole, w, n, row, x, kb, kb + CPU_QB < K ? kb + CPU_QB : K, a);
         }
         y[n - n0] = hsum(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
     }
 }
+
+#define GEMV1_BODY(NM, DT)                                                                          \
+    static void gemv1_##NM(const float *x, const cpu_wmat *w, int64_t n0, int64_t n1, float *y) {   \
+        if (DT == DT_F8 && w->K % CPU_QB == 0) gemv1_rows(DT, 1, x, w, n0, n1, y);                  \
+        else gemv1_rows(DT, 0, x, w, n0, n1, y);                                                    \
+    }
 
 #define GEMV_DT(NM, DT)                                                                                                \
     GEMV1_BODY(NM, DT)                                                                                               \
@@ -261,10 +291,7 @@ static void gemv1_f8_whole(const float *x, const cpu_wmat *w, int64_t n0, int64_
         while (T > 0) {                                                                                              \
             int t = T >= 4 ? 4 : T;                                                                                  \
             switch (t) {                                                                                             \
-            case 1:                                                                                                  \
-                if (DT == DT_F8 && w->K % CPU_QB == 0) gemv1_f8_whole(x, w, n0, n1, y);                              \
-                else gemv1_##NM(x, w, n0, n1, y);                                                                    \
-                break;                                                                                               \
+            case 1: gemv1_##NM(x, w, n0, n1, y); break;                                                               \
             case 2: gemv_##NM##_2(x, ldx, w, n0, n1, y, ldy); break;                                                 \
             case 3: gemv_##NM##_3(x, ldx, w, n0, n1, y, ldy); break;                                                 \
             default: gemv_##NM##_4(x, ldx, w, n0, n1, y, ldy); break;                                                \
