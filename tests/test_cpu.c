@@ -391,7 +391,7 @@ static void ref_fp8(const float *x, int64_t T, const wt *w, float *y) {
 
 START_TEST(t_matmul_fp8_actquant) {
     if (!use_isa(_i)) return;
-    static const int64_t sh[][3] = {{1, 1, 128}, {1, 130, 256}, {3, 300, 384}, {5, 64, 200}, {8, 17, 128},
+    static const int64_t sh[][3] = {{1, 1, 128}, {1, 130, 256}, {1, 7, 4224}, {3, 300, 384}, {5, 64, 200}, {8, 17, 128},
                                     {9, 129, 256}, {20, 256, 128}, {33, 70, 384}, {40, 300, 640}};
     for (size_t si = 0; si < sizeof sh / sizeof *sh; si++) {
         int64_t T = sh[si][0], N = sh[si][1], K = sh[si][2];

@@ -396,7 +396,41 @@ static void gemv_fp8(const float *xv, const float *xs, int T, int64_t K, const c
         }
         xd = xb;
     }
-    for (int64_t n = n0; n < n1; n++) {
+    /* one token, whole blocks: four streams, as the one-row kernel (gemv1_rows), the
+     * same operations per row; x widened per block for them when not once (xb) */
+    const int64_t q = T == 1 && K % CPU_QB == 0 ? (n1 - n0) / GEMV_S : 0;
+    double xk[CPU_QB];
+    for (int64_t r = 0; r < q; r++) {
+        const uint8_t *wc[GEMV_S];
+        const float *wsr[GEMV_S];
+        float acc[GEMV_S] = {0};
+#pragma GCC unroll 4
+        for (int s = 0; s < GEMV_S; s++) {
+            int64_t n = n0 + s * q + r;
+            wc[s] = (const uint8_t *)w->data + n * K, wsr[s] = w->scale + (n / CPU_QB) * w->scale_ld;
+        }
+        for (int64_t i = 0; i < nb; i++) {
+            int64_t k0 = i * CPU_QB;
+            if (!xd)
+                for (int k = 0; k < CPU_QB; k += 16) {
+                    __m512 x = _mm512_loadu_ps(xv + k0 + k);
+                    _mm512_storeu_pd(xk + k, _mm512_cvtps_pd(_mm512_castps512_ps256(x)));
+                    _mm512_storeu_pd(xk + k + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1)));
+                }
+#pragma GCC unroll 4
+            for (int s = 0; s < GEMV_S; s++) {
+                _mm_prefetch((const char *)(wc[s] + k0) + GEMV_PF, _MM_HINT_T0);
+                _mm_prefetch((const char *)(wc[s] + k0) + GEMV_PF + 64, _MM_HINT_T0);
+                double d = fp8_block(xd ? xd + k0 : xk, NULL, wc[s] + k0, CPU_QB);
+                float part = (float)d * xs[i];
+                part = part * wsr[s][i];
+                acc[s] = acc[s] + part;
+            }
+        }
+#pragma GCC unroll 4
+        for (int s = 0; s < GEMV_S; s++) y[s * q + r] = acc[s];
+    }
+    for (int64_t n = n0 + GEMV_S * q; n < n1; n++) {
         const uint8_t *wc = (const uint8_t *)w->data + n * K;
         const float *wsr = w->scale + (n / CPU_QB) * w->scale_ld;
         float acc[8] = {0};
