@@ -260,9 +260,11 @@ static float *rand_x(int64_t n, double amp) {
 
 /* ---- matmul, act_quant 0 ---- */
 
-static const int64_t shapes[][3] = { /* T, N, K (T = 1: rows in four streams and the rest alone, K a multiple of 64 or not) */
-    {1, 1, 1},     {1, 37, 100},  {1, 70, 256},  {1, 3, 64},  {2, 16, 16},   {3, 65, 257},  {5, 1, 300},   {8, 128, 128}, {9, 33, 70},
-    {13, 31, 17},  {14, 32, 256}, {17, 100, 300}, {29, 64, 513}, {64, 96, 512}, {100, 250, 1000}, {200, 70, 260},
+/* T, N, K; T = 1: rows in four streams and the rest alone, K a multiple of 64 or not */
+static const int64_t shapes[][3] = {
+    {1, 1, 1},     {1, 37, 100},   {1, 70, 256},   {1, 3, 64},    {2, 16, 16},   {3, 65, 257},
+    {5, 1, 300},   {8, 128, 128},  {9, 33, 70},    {13, 31, 17},  {14, 32, 256}, {17, 100, 300},
+    {29, 64, 513}, {64, 96, 512},  {100, 250, 1000}, {200, 70, 260},
 };
 
 static void matmul_case(int dtype) {
@@ -391,8 +393,8 @@ static void ref_fp8(const float *x, int64_t T, const wt *w, float *y) {
 
 START_TEST(t_matmul_fp8_actquant) {
     if (!use_isa(_i)) return;
-    static const int64_t sh[][3] = {{1, 1, 128}, {1, 130, 256}, {1, 7, 4224}, {3, 300, 384}, {5, 64, 200}, {8, 17, 128},
-                                    {9, 129, 256}, {20, 256, 128}, {33, 70, 384}, {40, 300, 640}};
+    static const int64_t sh[][3] = {{1, 1, 128},   {1, 130, 256},  {1, 7, 4224},  {3, 300, 384}, {5, 64, 200},
+                                    {8, 17, 128},  {9, 129, 256},  {20, 256, 128}, {33, 70, 384}, {40, 300, 640}};
     for (size_t si = 0; si < sizeof sh / sizeof *sh; si++) {
         int64_t T = sh[si][0], N = sh[si][1], K = sh[si][2];
         wt w;

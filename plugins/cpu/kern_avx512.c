@@ -250,7 +250,7 @@ static inline __attribute__((always_inline)) void gemv1_rows(int dt, int whole, 
 #pragma GCC unroll 4
                 for (int s = 0; s < GEMV_S; s++) {
                     for (int64_t l = 0; l < es; l++) _mm_prefetch(row[s] + k * es + GEMV_PF + 64 * l, _MM_HINT_T0);
-                    gemv1_64(dt, row[s], x, k, a[s][0], a[s][0], 0, a[s]);
+                    gemv1_64(dt, row[s], x, k, _mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f), 0, a[s]);
                 }
         } else {
             for (int64_t kb = 0; kb < K; kb += CPU_QB)
