@@ -392,20 +392,22 @@ static inline double fp8_block(const double *xd, const float *xf, const uint8_t 
     return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(d[0], d[1]), _mm512_add_pd(d[2], d[3]))) * 0x1p1016;
 }
 
+/* d[0:n) = x[0:n) in double, n a multiple of 16 */
+static inline void widen_pd(const float *x, int64_t n, double *d) {
+    for (int64_t k = 0; k < n; k += 16) {
+        __m512 v = _mm512_loadu_ps(x + k);
+        _mm512_storeu_pd(d + k, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+        _mm512_storeu_pd(d + k + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+    }
+}
+
 static void gemv_fp8(const float *xv, const float *xs, int T, int64_t K, const cpu_wmat *w, int64_t n0, int64_t n1,
                      float *y, int64_t ldy) {
     int64_t nb = (K + CPU_QB - 1) / CPU_QB;
     const int wide = T == 1 && K % CPU_QB == 0 && K <= XD_MAX; /* one token: x widened once (whole blocks read it) */
     double xb[wide ? K : 1];
     const double *xd = NULL;
-    if (wide) {
-        for (int64_t k = 0; k < K; k += 16) {
-            __m512 x = _mm512_loadu_ps(xv + k);
-            _mm512_storeu_pd(xb + k, _mm512_cvtps_pd(_mm512_castps512_ps256(x)));
-            _mm512_storeu_pd(xb + k + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1)));
-        }
-        xd = xb;
-    }
+    if (wide) widen_pd(xv, K, xb), xd = xb;
     /* one token, whole blocks: four streams, as the one-row kernel (gemv1_rows), the
      * same operations per row; x widened per block for them when not once (xb) */
     const int64_t q = T == 1 && K % CPU_QB == 0 ? (n1 - n0) / GEMV_S : 0;
@@ -421,12 +423,7 @@ static void gemv_fp8(const float *xv, const float *xs, int T, int64_t K, const c
         }
         for (int64_t i = 0; i < nb; i++) {
             int64_t k0 = i * CPU_QB;
-            if (!xd)
-                for (int k = 0; k < CPU_QB; k += 16) {
-                    __m512 x = _mm512_loadu_ps(xv + k0 + k);
-                    _mm512_storeu_pd(xk + k, _mm512_cvtps_pd(_mm512_castps512_ps256(x)));
-                    _mm512_storeu_pd(xk + k + 8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1)));
-                }
+            if (!xd) widen_pd(xv + k0, CPU_QB, xk);
 #pragma GCC unroll 4
             for (int s = 0; s < GEMV_S; s++) {
                 _mm_prefetch((const char *)(wc[s] + k0) + GEMV_PF, _MM_HINT_T0);

@@ -139,12 +139,10 @@ double bench_fma_gflops(const bench_fma *f, double seconds) {
 }
 
 double bench_probe_bw(int nt, size_t bytes) {
-    size_t n = bytes / sizeof(float);
-    n -= n % ((size_t)nt * 64);
-    float *buf = NULL;
-    if (posix_memalign((void **)&buf, 4096, n * sizeof(float))) return 0;
-    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 7); /* touch every page */
-    double t = run_threads(nt, 3, 0, buf, n / (size_t)nt, 4);
-    free(buf);
-    return (double)(n * sizeof(float)) / t * 1e-9;
+    bench_bw b;
+    if (bench_bw_open(&b, nt, bytes)) return 0;
+    double t = run_threads(b.nt, 3, 0, b.buf, b.n / (size_t)b.nt, 4);
+    double gbs = t > 0 ? (double)(b.n * sizeof(float)) / t * 1e-9 : 0;
+    bench_bw_close(&b);
+    return gbs;
 }
