@@ -348,7 +348,8 @@ static int thp_eligible(const void *p) {
 }
 
 /* fm_alloc_stream (a model's KV cache): zeroed and 64-byte aligned like fm_alloc; from
- * 2 MiB on 2 MiB aligned and marked for transparent huge pages */
+ * 2 MiB on 2 MiB aligned and marked for transparent huge pages to its last byte (the
+ * last partial 2 MiB span too) */
 START_TEST(alloc_asks_huge_pages_for_large_buffers) {
     const size_t n = ((size_t)5 << 20) + 100;
     unsigned char *small = fm_alloc_stream(NULL, 1000), *big = fm_alloc_stream(NULL, n);
@@ -366,7 +367,11 @@ START_TEST(alloc_asks_huge_pages_for_large_buffers) {
         fclose(f);
     }
     if (strstr(mode, "[madvise]") || strstr(mode, "[always]"))
+    {
         ck_assert_msg(thp_eligible(big) == 1, "a 5 MiB buffer is not marked for huge pages (THP mode %s)", mode);
+        ck_assert_msg(thp_eligible(big + n - 1) == 1,
+                      "the last partial 2 MiB span of a 5 MiB buffer is not marked for huge pages (THP mode %s)", mode);
+    }
     else
         fprintf(stderr, "alloc_asks_huge_pages_for_large_buffers: the huge-page check skipped: this kernel offers "
                         "no transparent huge pages (%s)\n", mode[0] ? mode : "no THP settings");

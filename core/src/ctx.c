@@ -60,21 +60,23 @@ void *fm_alloc(fm_ctx *ctx, size_t size) {
 }
 
 /* fm_alloc for a buffer that each decode step reads whole, cold, as a stream (a
- * layer's KV cache): from 2 MiB on it starts on a 2 MiB boundary with its whole 2 MiB
- * spans marked for transparent huge pages (a hint; the usual THP mode, "madvise",
- * grants them only when asked), as the kernel maps a checkpoint's weights from the
- * page cache. In 4 KiB pages every 4 KiB of the stream costs a page walk (MLA decode,
- * docs/cpu.md). Not for scratch: physically contiguous pages put power-of-two strides
- * in the same cache sets (the grouped experts' packing buffers lost up to 30%). */
+ * layer's KV cache): from 2 MiB on it is rounded up to whole 2 MiB spans, starts on a
+ * 2 MiB boundary and is marked for transparent huge pages (a hint; the usual THP mode,
+ * "madvise", grants them only when asked), as the kernel maps a checkpoint's weights
+ * from the page cache. In 4 KiB pages every 4 KiB of the stream costs a page walk (MLA
+ * decode, docs/cpu.md); the last partial span too, so it is not left out (at most
+ * 2 MiB more per buffer). Not for scratch: physically contiguous pages put power-of-two
+ * strides in the same cache sets (the grouped experts' packing buffers lost up to 30%). */
 #define FM_HUGE ((size_t)2 << 20)
 void *fm_alloc_stream(fm_ctx *ctx, size_t size) {
-    size_t rounded = (size + 63) & ~(size_t)63;
-    if (rounded < FM_HUGE) return fm_alloc(ctx, size);
+    if (size < FM_HUGE) return fm_alloc(ctx, size);
     if (ctx && ctx->fail_alloc_after > 0 && --ctx->fail_alloc_after == 0) return NULL;
+    if (size > SIZE_MAX - FM_HUGE) return NULL;
+    size_t rounded = (size + FM_HUGE - 1) & ~(FM_HUGE - 1);
     void *p = NULL;
     if (posix_memalign(&p, FM_HUGE, rounded)) return NULL;
 #ifdef MADV_HUGEPAGE
-    (void)madvise(p, rounded & ~(FM_HUGE - 1), MADV_HUGEPAGE);
+    (void)madvise(p, rounded, MADV_HUGEPAGE);
 #endif
     memset(p, 0, rounded);
     return p;
