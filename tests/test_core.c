@@ -366,15 +366,14 @@ START_TEST(alloc_asks_huge_pages_for_large_buffers) {
         mode[strcspn(mode, "\n")] = 0;
         fclose(f);
     }
-    if (strstr(mode, "[madvise]") || strstr(mode, "[always]"))
-    {
+    if (strstr(mode, "[madvise]") || strstr(mode, "[always]")) {
         ck_assert_msg(thp_eligible(big) == 1, "a 5 MiB buffer is not marked for huge pages (THP mode %s)", mode);
         ck_assert_msg(thp_eligible(big + n - 1) == 1,
                       "the last partial 2 MiB span of a 5 MiB buffer is not marked for huge pages (THP mode %s)", mode);
-    }
-    else
+    } else {
         fprintf(stderr, "alloc_asks_huge_pages_for_large_buffers: the huge-page check skipped: this kernel offers "
                         "no transparent huge pages (%s)\n", mode[0] ? mode : "no THP settings");
+    }
     fm_free(small);
     fm_free(big);
 }

@@ -64,8 +64,8 @@ void *fm_alloc(fm_ctx *ctx, size_t size) {
  * 2 MiB boundary and is marked for transparent huge pages (a hint; the usual THP mode,
  * "madvise", grants them only when asked), as the kernel maps a checkpoint's weights
  * from the page cache. In 4 KiB pages every 4 KiB of the stream costs a page walk (MLA
- * decode, docs/cpu.md); the last partial span too, so it is not left out (at most
- * 2 MiB more per buffer). Not for scratch: physically contiguous pages put power-of-two
+ * decode, docs/cpu.md), in a last partial span too: hence the rounding (at most 2 MiB
+ * more per buffer). Not for scratch: physically contiguous pages put power-of-two
  * strides in the same cache sets (the grouped experts' packing buffers lost up to 30%). */
 #define FM_HUGE ((size_t)2 << 20)
 void *fm_alloc_stream(fm_ctx *ctx, size_t size) {
