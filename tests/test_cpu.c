@@ -776,9 +776,11 @@ END_TEST
 static int mla_bf16_on; /* the test set control mla_bf16=1 (tests fork: one test's setting) */
 
 /* cdt: the cache's dtype (a bf16 cache holds the bf16 rounding of the same values, which
- * the reference reads); C, R, L: latent and rope lengths, cache rows. */
-static void mla_case_at(int dtype, int64_t T, const int32_t *pos, int cdt, int C, int R, int64_t L) {
-    enum { NH = 3, NOPE = 16, V = 12, CMAX = 512 };
+ * the reference reads); C, R, L: latent and rope lengths, cache rows; NH heads of NOPE
+ * and V rows of kv_b each. */
+static void mla_case_hd(int dtype, int64_t T, const int32_t *pos, int cdt, int C, int R, int64_t L, int NH, int NOPE,
+                        int V) {
+    enum { CMAX = 512, VMAX = 128 };
     const int64_t D = C + R;
     wt kvb;
     wt_make(&kvb, dtype, NH * (NOPE + V), C, 0.5);
@@ -795,8 +797,8 @@ static void mla_case_at(int dtype, int64_t T, const int32_t *pos, int cdt, int C
     fm_pl_tensor tp = mk(FM_I32, 1, T, 0, (void *)pos, "pos"), ty = mk(FM_F32, 2, T, NH * V, y, "y");
     const fm_pl_tensor *src[4] = {&tq, &tc, &tp, &kvb.t}, *dst[1] = {&ty};
     ck_assert_int_eq(run_node(FM_OP_MLA_ATTN, src, 4, dst, 1, &p), FM_OK);
-    double *sc = malloc((size_t)L * 8), qa[CMAX], ol[CMAX], r[V], a[V];
-    ck_assert(C <= CMAX);
+    double *sc = malloc((size_t)L * 8), qa[CMAX], ol[CMAX], r[VMAX], a[VMAX];
+    ck_assert(C <= CMAX && V <= VMAX);
     for (int64_t t = 0; t < T; t++)
         for (int h = 0; h < NH; h++) {
             const float *qn = q + t * NH * (NOPE + R) + h * (NOPE + R);
@@ -830,6 +832,9 @@ static void mla_case_at(int dtype, int64_t T, const int32_t *pos, int cdt, int C
         }
     wt_free(&kvb);
     free(q), free(cache), free(c16), free(y), free(sc);
+}
+static void mla_case_at(int dtype, int64_t T, const int32_t *pos, int cdt, int C, int R, int64_t L) {
+    mla_case_hd(dtype, T, pos, cdt, C, R, L, 3, 16, 12);
 }
 static void mla_case(int dtype, int64_t T, const int32_t *pos) { mla_case_at(dtype, T, pos, FM_F32, 40, 8, 1100); }
 
@@ -918,9 +923,53 @@ START_TEST(t_mla_bf16_cache) {
     mla_case_at(FM_BF16, 1, q1, FM_BF16, 512, 64, 1300);
     mla_case_at(FM_BF16, 1, q1, FM_F32, 512, 64, 1300);
     mla_case_at(FM_F8_E4M3, 1, q1, FM_BF16, 512, 64, 1300); /* fp8 kv_b: q_abs's 256-column fp8 path */
+    /* fp8 kv_b decoded to bf16 (bf16 level): 75 nope rows (odd), heads 125 rows apart, so
+     * q_abs and W_UV rows cross 128-row blocks of scales; C = 192: a last pass of 64 columns */
+    mla_case_hd(FM_F8_E4M3, 1, q1, FM_BF16, 512, 64, 1300, 5, 75, 50);
+    mla_case_hd(FM_F8_E4M3, 1, q1, FM_F32, 192, 64, 1300, 4, 128, 128);
     int32_t q2[2] = {3299, 2500}; /* six chunks: every thread's run holds three */
     mla_case_at(FM_BF16, 2, q2, FM_BF16, 512, 64, 3300);
     free(p50);
+}
+END_TEST
+
+/* Every finite fp8 code of kv_b reaches the output exactly: with each cache row the
+ * one-hot latent row e_c, the attention gives e_c whatever the scores, so head h's
+ * output d is W_UV[h][d][c] times its block scale, one f32 product. 16 heads of 16
+ * W_UV rows hold the 256 codes (NaN codes as their neighbours) at column c; four
+ * columns, in both halves of a 64-column group and in two groups. */
+START_TEST(t_mla_fp8_codes) {
+    if (!use_isa(_i)) return;
+    if (cur_isa == 3) ck_assert_int_eq(P->control(S, "mla_bf16", "1"), FM_OK);
+    enum { NH = 16, NOPE = 16, V = 16, C = 512, R = 64, L = 40, D = C + R };
+    static const int cols[] = {0, 13, 40, 511};
+    wt kvb;
+    wt_make(&kvb, FM_F8_E4M3, NH * (NOPE + V), C, 1.0);
+    float *q = rand_x(NH * (NOPE + R), 1.0), *y = malloc(NH * V * 4);
+    uint16_t *c16 = malloc((size_t)(L * D) * 2);
+    int32_t pos[1] = {L - 1};
+    fm_mla_attn_params p = {.n_heads = NH, .nope = NOPE, .rope = R, .v = V, .kv_lora = C, .scale = 0.3f, .mode = FM_MLA_ABSORB};
+    fm_pl_tensor tq = mk(FM_F32, 2, 1, NH * (NOPE + R), q, "q"), tc = mk(FM_BF16, 2, L, D, c16, "cache");
+    fm_pl_tensor tp = mk(FM_I32, 1, 1, 0, pos, "pos"), ty = mk(FM_F32, 2, 1, NH * V, y, "y");
+    const fm_pl_tensor *src[4] = {&tq, &tc, &tp, &kvb.t}, *dst[1] = {&ty};
+    for (int ci = 0; ci < 4; ci++) {
+        const int c = cols[ci];
+        memset(c16, 0, (size_t)(L * D) * 2);
+        for (int64_t j = 0; j < L; j++) c16[j * D + c] = 0x3f80; /* 1.0 */
+        for (int i = 0; i < NH * V; i++) {
+            uint8_t code = (uint8_t)(i + ci);
+            if ((code & 0x7f) == 0x7f) code ^= 1;
+            ((uint8_t *)kvb.data)[((i / V) * (NOPE + V) + NOPE + i % V) * C + c] = code;
+        }
+        ck_assert_int_eq(run_node(FM_OP_MLA_ATTN, src, 4, dst, 1, &p), FM_OK);
+        for (int i = 0; i < NH * V; i++) {
+            double want = wt_at(&kvb, (i / V) * (NOPE + V) + NOPE + i % V, c);
+            ck_assert_msg(fabs(y[i] - want) <= 1e-6 * fabs(want), "%s fp8 code 0x%02x at column %d: %.9g, want %.9g",
+                          isas[cur_isa], (unsigned)(uint8_t)(i + ci), c, (double)y[i], want);
+        }
+    }
+    wt_free(&kvb);
+    free(q), free(y), free(c16);
 }
 END_TEST
 
@@ -1017,6 +1066,7 @@ static void add_ops_tests(Suite *s) {
     tcase_add_loop_test(tc, t_mla_attn, 0, 4);
     tcase_add_loop_test(tc, t_mla_decode_lanes, 0, 4);
     tcase_add_loop_test(tc, t_mla_bf16_cache, 0, 4);
+    tcase_add_loop_test(tc, t_mla_fp8_codes, 0, 4);
     tcase_add_loop_test(tc, t_mla_threads, 0, 4);
     tcase_add_loop_test(tc, t_mla_naive, 0, 4);
     tcase_add_loop_test(tc, t_moe_decode, 0, 4);

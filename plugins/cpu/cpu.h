@@ -31,6 +31,7 @@ typedef enum cpu_isa { CPU_ISA_SCALAR, CPU_ISA_AVX2, CPU_ISA_AVX512, CPU_ISA_AVX
 CPU_HIDDEN const char *cpu_isa_name(cpu_isa isa);
 CPU_HIDDEN int cpu_isa_parse(const char *s); /* -1 if unknown */
 CPU_HIDDEN int cpu_isa_supported(cpu_isa isa); /* by this machine (cpuid + OS state) */
+CPU_HIDDEN int cpu_has_vbmi(void);        /* AVX512-VBMI (vpermi2b), with AVX-512 */
 CPU_HIDDEN cpu_isa cpu_isa_best(void);      /* best f32-accurate level (never avx512bf16) */
 CPU_HIDDEN void cpu_model_name(char *out, size_t n);
 
@@ -165,6 +166,7 @@ typedef struct cpu_state {
     cpu_isa isa;           /* level in use */
     int bf16_compute;      /* bf16 weights multiply bf16-rounded activations with vdpbf16ps */
     int mla_bf16;          /* with bf16_compute: absorbed MLA decode rounds the latent cache to bf16 */
+    int vbmi;              /* the CPU has AVX512-VBMI */
     const cpu_kern *k;
     cpu_pool *pool;
     int nthreads;
@@ -257,5 +259,14 @@ CPU_HIDDEN void cpu_mla_softmax_avx512(float *S, int kn, int nqv, int64_t kb, co
 /* y[0:K) = sum over d < nrows of q[d] * (row r0 + d of w, decoded): one head's q_abs.
  * rnext: the first row the caller reads next (requested at the end), or -1. */
 CPU_HIDDEN void cpu_mla_qabs_avx512(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y, int64_t rnext);
+/* fp8 kv_b on vdpbf16ps (kern_mla_avx512bf16.c; AVX512-VBMI too, K a multiple of 64):
+ * the codes decoded exactly to bf16, each 128-column block's f32 sum times its scale.
+ * q_abs as cpu_mla_qabs_avx512, q as the sum of two bf16 (its f32 value to 16 bits).
+ * The output projection y[r] = row n0 + r of w . o for r < n, from o16 =
+ * cpu_mla_o16_avx512bf16(o): o rounded to bf16, in the decode's column order. */
+CPU_HIDDEN void cpu_mla_qabs_fp8_avx512bf16(const float *q, int64_t nrows, const cpu_wmat *w, int64_t r0, float *y,
+                                            int64_t rnext);
+CPU_HIDDEN void cpu_mla_o16_avx512bf16(const float *o, int64_t C, uint16_t *o16);
+CPU_HIDDEN void cpu_mla_wuv_fp8_avx512bf16(const uint16_t *o16, const cpu_wmat *w, int64_t n0, int64_t n, float *y);
 
 #endif

@@ -57,6 +57,7 @@ typedef struct mla_job {
     const float *part;        /* a decode block's attention, unnormalised (chunk_tree), or NULL */
     int64_t part_nl;
     int part_perm;            /* part's columns in the bf16 kernel's order (cpu_mla_o_row_avx512bf16) */
+    int f8b;                  /* one token of fp8 kv_b on the bf16 attention: q_abs and W_UV on vdpbf16ps too */
 } mla_job;
 
 /* q_abs of every token of the block for head h, streaming its nope kv_b rows. */
@@ -92,8 +93,10 @@ static void qabs_task(void *arg, int tid, int nt) {
     int owner;
     for (int64_t h; (h = cpu_wq_next(j->wq, tid, nt, &owner)) >= 0;) {
         int64_t hn = owner == tid ? cpu_wq_peek(&j->wq[tid]) : -1;
-        cpu_mla_qabs_avx512(j->q + j->t0 * j->qs + h * (j->nope + j->R), j->nope, &j->w, h * (j->nope + j->v),
-                            j->qc + h * j->D, hn >= 0 ? hn * (j->nope + j->v) : -1);
+        const float *q = j->q + j->t0 * j->qs + h * (j->nope + j->R);
+        int64_t r0 = h * (j->nope + j->v), rn = hn >= 0 ? hn * (j->nope + j->v) : -1;
+        if (j->f8b) cpu_mla_qabs_fp8_avx512bf16(q, j->nope, &j->w, r0, j->qc + h * j->D, rn);
+        else cpu_mla_qabs_avx512(q, j->nope, &j->w, r0, j->qc + h * j->D, rn);
     }
 }
 
@@ -437,6 +440,12 @@ static void out_head(void *arg, int64_t h, int tid) {
     const mla_job *j = arg;
     for (int64_t t = 0; t < j->qn && j->part; t++) finish_row(j, t * j->H + h);
     int64_t n0 = h * (j->nope + j->v) + j->nope;
+    if (j->f8b) { /* one token */
+        uint16_t *o16 = (uint16_t *)(j->tscr + (size_t)tid * j->per_thread);
+        cpu_mla_o16_avx512bf16(j->O + h * j->C, j->C, o16);
+        cpu_mla_wuv_fp8_avx512bf16(o16, &j->w, n0, j->v, j->out + j->t0 * j->H * j->v + h * j->v);
+        return;
+    }
     cpu_matmul_serial(j->s, j->O + h * j->C, j->qn, j->H * j->C, &j->w, n0, n0 + j->v, 0, NULL, NULL,
                       j->out + j->t0 * j->H * j->v + h * j->v, j->H * j->v, j->tscr + (size_t)tid * j->per_thread);
 }
@@ -528,6 +537,9 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
                  .H = p->n_heads, .nope = p->nope, .R = p->rope, .v = p->v, .C = p->kv_lora};
     cpu_wmat_from(nd->src[3], &j.w);
     j.D = j.C + j.R;
+    /* one token on the bf16 attention (mla_decode_vec) with fp8 kv_b: its products on vdpbf16ps too */
+    j.f8b = q->ne[0] == 1 && s->isa == CPU_ISA_AVX512BF16 && s->bf16_compute && s->mla_bf16 && s->vbmi &&
+            j.w.dtype == FM_F8_E4M3 && j.C % 64 == 0 && p->mode == FM_MLA_ABSORB && j.H <= CPU_MLA_DEC_ROWS;
     j.qs = j.H * (j.nope + j.R);
     int64_t T = q->ne[0], L = cache->ne[0];
     for (int64_t t = 0; t < T; t++)

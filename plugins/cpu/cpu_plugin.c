@@ -76,6 +76,7 @@ static fm_status cpu_init(const fm_host_services *host, void **state, char *why,
     }
     s->host = host;
     cpu_model_name(s->model, sizeof s->model);
+    s->vbmi = cpu_has_vbmi();
     cpu_isa isa = cpu_isa_best();
     const char *e = getenv("FATHOM_CPU_ISA");
     if (e && *e && strcmp(e, "auto")) {

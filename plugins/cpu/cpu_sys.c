@@ -26,10 +26,10 @@ static uint64_t xgetbv0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
-typedef struct feats { int avx2, avx512, bf16; } feats;
+typedef struct feats { int avx2, avx512, bf16, vbmi; } feats;
 
 static feats detect(void) {
-    feats f = {0, 0, 0};
+    feats f = {0, 0, 0, 0};
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
     int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
@@ -41,6 +41,7 @@ static feats detect(void) {
     int a512f = (b >> 16) & 1, a512dq = (b >> 17) & 1, a512bw = (b >> 30) & 1, a512vl = (b >> 31) & 1;
     f.avx2 = ymm_os && avx2 && fma && f16c;
     f.avx512 = f.avx2 && zmm_os && a512f && a512dq && a512bw && a512vl;
+    f.vbmi = f.avx512 && ((c >> 1) & 1);
     unsigned maxleaf = __get_cpuid_max(0, NULL);
     if (maxleaf >= 7 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) f.bf16 = f.avx512 && ((a >> 5) & 1);
     return f;
@@ -56,6 +57,8 @@ int cpu_isa_supported(cpu_isa isa) {
     default:                 return 0;
     }
 }
+
+int cpu_has_vbmi(void) { return detect().vbmi; }
 
 cpu_isa cpu_isa_best(void) {
     feats f = detect();

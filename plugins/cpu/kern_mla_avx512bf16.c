@@ -12,7 +12,8 @@
  * to bf16 (the running sum adds the rounded values), as pairs of rows [rows/2][lanes].
  * Scores, the softmax and O accumulate in f32 (vdpbf16ps: two exact products added
  * per lane; the hardware flushes denormals). The next block's rows are requested
- * while a block runs. */
+ * while a block runs. With fp8 kv_b, q_abs and the output projection run here too
+ * (the codes decoded to bf16, below). */
 #include <math.h>
 #include <string.h>
 
@@ -226,5 +227,180 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
                 for (so += kn2 * ps3; ps3 && so >= pf->side_bytes;)
                     if (so -= pf->side_bytes, ++si == pf->side_n) ps3 = 0;
             }
+    }
+}
+
+/* ---- fp8 kv_b in bf16 (W_UK for q_abs, W_UV for the output) ----
+ * Every e4m3 value is a bf16 value (3 mantissa bits in 7, exponents -9 .. 8 in
+ * bf16's range, subnormals included), so the codes decode exactly to bf16: the high
+ * and the low byte of the magnitude's bf16 from two 128-entry tables (vpermi2b,
+ * AVX512-VBMI), the sign or-ed into the high byte, the bytes interleaved into words
+ * in-lane (vpunpck[lh]bw). The block scales multiply the f32 sums of each 128-column
+ * block (the products stay exact). The output projection rounds o to bf16, as
+ * DeepSeek's bf16 absorbed path does; q_abs multiplies q as the sum of two bf16 (q
+ * rounded, then the rest rounded: 16 bits of it), since one rounding of q tripled the
+ * call's difference from f32 weights in `fathom bench mla` (6e-3 against 2e-3). */
+#define E4_SUB(m) ((m) == 1 ? 118 << 7 : (m) == 2 ? 119 << 7 : (m) == 3 ? 119 << 7 | 0x40 : (m) == 4 ? 120 << 7 \
+                   : (m) == 5 ? 120 << 7 | 0x20 : (m) == 6 ? 120 << 7 | 0x40 : 120 << 7 | 0x60)
+#define E4_BF(i) ((i) == 0 ? 0 : (i) == 127 ? 0x7fc0 : ((i) >> 3) ? (((i) >> 3) + 120) << 7 | ((i) & 7) << 4 : E4_SUB(i))
+#define E4_H8(M, b) M(b), M(b + 1), M(b + 2), M(b + 3), M(b + 4), M(b + 5), M(b + 6), M(b + 7)
+#define E4_H128(M) E4_H8(M, 0), E4_H8(M, 8), E4_H8(M, 16), E4_H8(M, 24), E4_H8(M, 32), E4_H8(M, 40), E4_H8(M, 48), \
+                   E4_H8(M, 56), E4_H8(M, 64), E4_H8(M, 72), E4_H8(M, 80), E4_H8(M, 88), E4_H8(M, 96),            \
+                   E4_H8(M, 104), E4_H8(M, 112), E4_H8(M, 120)
+#define E4_HI(i) (uint8_t)(E4_BF(i) >> 8)
+#define E4_LO(i) (uint8_t)(E4_BF(i) & 0xff)
+static const uint8_t e4_hi[128] __attribute__((aligned(64))) = {E4_H128(E4_HI)};
+static const uint8_t e4_lo[128] __attribute__((aligned(64))) = {E4_H128(E4_LO)};
+
+typedef struct e4tab { __m512i h0, h1, l0, l1, sign; } e4tab;
+
+static inline __attribute__((always_inline)) e4tab e4tab_load(void) {
+    return (e4tab){_mm512_load_si512(e4_hi), _mm512_load_si512(e4_hi + 64), _mm512_load_si512(e4_lo),
+                   _mm512_load_si512(e4_lo + 64), _mm512_set1_epi8((char)0x80)};
+}
+
+/* 64 codes -> their bf16 as a (codes 0-7 of each 16-byte lane) and b (codes 8-15) */
+static inline __attribute__((always_inline, target("avx512vbmi"))) void e4_bf16x64(const e4tab *t, __m512i c,
+                                                                                   __m512i *a, __m512i *b) {
+    __m512i hi = _mm512_permutex2var_epi8(t->h0, c, t->h1), lo = _mm512_permutex2var_epi8(t->l0, c, t->l1);
+    hi = _mm512_ternarylogic_epi32(hi, c, t->sign, 0xf8); /* hi | (c & 0x80) */
+    *a = _mm512_unpacklo_epi8(lo, hi);
+    *b = _mm512_unpackhi_epi8(lo, hi);
+}
+
+void cpu_mla_o16_avx512bf16(const float *o, int64_t C, uint16_t *o16) {
+    for (int64_t c = 0; c < C; c += 64) {
+        __m512i x01 = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(o + c + 16), _mm512_loadu_ps(o + c));
+        __m512i x23 = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(o + c + 48), _mm512_loadu_ps(o + c + 32));
+        _mm512_storeu_si512(o16 + c, _mm512_shuffle_i32x4(x01, x23, 0x88));
+        _mm512_storeu_si512(o16 + c + 32, _mm512_shuffle_i32x4(x01, x23, 0xdd));
+    }
+}
+
+/* R rows from n: y[r] = sum over 128-column blocks of scale x (the block's codes as
+ * bf16 . o16) */
+static inline __attribute__((always_inline, target("avx512vbmi"))) void wuv_rows(int R, const e4tab *t,
+                                                                                 const uint16_t *o16,
+                                                                                 const cpu_wmat *w, int64_t n,
+                                                                                 float *y) {
+    const int64_t K = w->K;
+    const uint8_t *row[4];
+    __m512 tot[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) row[r] = (const uint8_t *)w->data + (n + r) * K, tot[r] = _mm512_setzero_ps();
+    for (int64_t kb = 0; kb < K; kb += CPU_QB) {
+        __m512 s0[4], s1[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) s0[r] = s1[r] = _mm512_setzero_ps();
+        for (int64_t k = kb; k < kb + CPU_QB && k < K; k += 64) {
+            const __m512bh oa = (__m512bh)_mm512_loadu_si512(o16 + k), ob = (__m512bh)_mm512_loadu_si512(o16 + k + 32);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m512i a, b;
+                e4_bf16x64(t, _mm512_loadu_si512(row[r] + k), &a, &b);
+                s0[r] = _mm512_dpbf16_ps(s0[r], (__m512bh)a, oa);
+                s1[r] = _mm512_dpbf16_ps(s1[r], (__m512bh)b, ob);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            float s = w->scale ? w->scale[((n + r) / CPU_QB) * w->scale_ld + kb / CPU_QB] : 1.0f;
+            tot[r] = _mm512_fmadd_ps(_mm512_add_ps(s0[r], s1[r]), _mm512_set1_ps(s), tot[r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) y[r] = _mm512_reduce_add_ps(tot[r]);
+}
+
+__attribute__((target("avx512vbmi"))) void cpu_mla_wuv_fp8_avx512bf16(const uint16_t *o16, const cpu_wmat *w,
+                                                                      int64_t n0, int64_t n, float *y) {
+    const e4tab t = e4tab_load();
+    int64_t r = 0;
+    for (; r + 4 <= n; r += 4) wuv_rows(4, &t, o16, w, n0 + r, y + r);
+    for (; r < n; r++) wuv_rows(1, &t, o16, w, n0 + r, y + r);
+}
+
+/* q_abs: pairs of rows (d, d + 1) of one 128-row block of scales, their codes
+ * interleaved by byte and decoded together into (w[d][c], w[d + 1][c]) pairs
+ * against the broadcast (q[d], q[d + 1]), once for its bf16 rounding and once for the
+ * rest (rounded): per 64 columns of two rows 12 shuffles and 8 vdpbf16ps, against 24
+ * decode instructions and 8 FMAs in the f32 kernel's fp8 path. A column pass of up to 256 in 16
+ * accumulators, acc[4 x g + i] holding, in 16-byte lane L, columns 64 g + 16 L + 4 i
+ * + 0..3, put back in order per 64 columns by a 4 x 4 transpose of 16-byte lanes. */
+#define QA8_PD 8 /* rows requested ahead in the first pass */
+static inline float bf16_f(uint32_t h) {
+    uint32_t u = h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint32_t bf16_rne(float f) { /* nearest even, as vcvtneps2bf16 */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+__attribute__((target("avx512vbmi"))) void cpu_mla_qabs_fp8_avx512bf16(const float *q, int64_t nrows,
+                                                                       const cpu_wmat *w, int64_t r0, float *y,
+                                                                       int64_t rnext) {
+    const int64_t K = w->K;
+    const uint8_t *base = w->data;
+    const e4tab t = e4tab_load();
+    for (int64_t c = 0; c < K; c += 16) _mm512_storeu_ps(y + c, _mm512_setzero_ps());
+    for (int64_t c0 = 0; c0 < K; c0 += 256) {
+        const int ng = (int)((K - c0 < 256 ? K - c0 : 256) / 64);
+        const int first = c0 == 0, last = c0 + 256 >= K;
+        for (int64_t d0 = 0; d0 < nrows;) {
+            int64_t d1 = ((r0 + d0) / CPU_QB + 1) * CPU_QB - r0; /* the end of this block of scales */
+            if (d1 > nrows) d1 = nrows;
+            __m512 acc[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+            for (int64_t d = d0; d < d1; d += 2) {
+                const int two = d + 1 < d1;
+                for (int e = 0; e < 2; e++) {
+                    int64_t pd = d + e + QA8_PD;
+                    const uint8_t *pf = first && pd < nrows ? base + (r0 + pd) * K
+                                        : last && pd >= nrows && rnext >= 0 ? base + (rnext + pd - nrows) * K
+                                                                            : NULL;
+                    if (pf)
+                        for (int64_t l = 0; l < K; l += 64) _mm_prefetch((const char *)pf + l, _MM_HINT_T0);
+                }
+                const float qa = q[d], qb = two ? q[d + 1] : 0.0f;
+                const uint32_t ha = bf16_rne(qa), hb = bf16_rne(qb);
+                const __m512bh qq = (__m512bh)_mm512_set1_epi32((int)(ha | hb << 16));
+                const __m512bh ql = (__m512bh)_mm512_set1_epi32(
+                    (int)(bf16_rne(qa - bf16_f(ha)) | bf16_rne(qb - bf16_f(hb)) << 16));
+                const uint8_t *ra = base + (r0 + d) * K + c0;
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++) {
+                    if (g >= ng) break;
+                    __m512i ca = _mm512_loadu_si512(ra + 64 * g);
+                    __m512i cb = two ? _mm512_loadu_si512(ra + K + 64 * g) : _mm512_setzero_si512();
+                    __m512i p0, p1, p2, p3;
+                    e4_bf16x64(&t, _mm512_unpacklo_epi8(ca, cb), &p0, &p1);
+                    e4_bf16x64(&t, _mm512_unpackhi_epi8(ca, cb), &p2, &p3);
+                    acc[4 * g] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[4 * g], (__m512bh)p0, qq), (__m512bh)p0, ql);
+                    acc[4 * g + 1] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[4 * g + 1], (__m512bh)p1, qq), (__m512bh)p1, ql);
+                    acc[4 * g + 2] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[4 * g + 2], (__m512bh)p2, qq), (__m512bh)p2, ql);
+                    acc[4 * g + 3] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[4 * g + 3], (__m512bh)p3, qq), (__m512bh)p3, ql);
+                }
+            }
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) {
+                if (g >= ng) break;
+                int64_t c = c0 + 64 * g;
+                const __m512 s = _mm512_set1_ps(w->scale ? w->scale[((r0 + d0) / CPU_QB) * w->scale_ld + c / CPU_QB] : 1.0f);
+                __m512 t0 = _mm512_shuffle_f32x4(acc[4 * g], acc[4 * g + 1], 0x44);
+                __m512 t1 = _mm512_shuffle_f32x4(acc[4 * g], acc[4 * g + 1], 0xee);
+                __m512 t2 = _mm512_shuffle_f32x4(acc[4 * g + 2], acc[4 * g + 3], 0x44);
+                __m512 t3 = _mm512_shuffle_f32x4(acc[4 * g + 2], acc[4 * g + 3], 0xee);
+                __m512 z[4] = {_mm512_shuffle_f32x4(t0, t2, 0x88), _mm512_shuffle_f32x4(t0, t2, 0xdd),
+                               _mm512_shuffle_f32x4(t1, t3, 0x88), _mm512_shuffle_f32x4(t1, t3, 0xdd)};
+                for (int l = 0; l < 4; l++)
+                    _mm512_storeu_ps(y + c + 16 * l, _mm512_fmadd_ps(z[l], s, _mm512_loadu_ps(y + c + 16 * l)));
+            }
+            d0 = d1;
+        }
     }
 }
