@@ -924,7 +924,8 @@ START_TEST(t_mla_bf16_cache) {
     mla_case_at(FM_BF16, 1, q1, FM_F32, 512, 64, 1300);
     mla_case_at(FM_F8_E4M3, 1, q1, FM_BF16, 512, 64, 1300); /* fp8 kv_b: q_abs's 256-column fp8 path */
     /* fp8 kv_b decoded to bf16 (bf16 level): 75 nope rows (odd), heads 125 rows apart, so
-     * q_abs and W_UV rows cross 128-row blocks of scales; C = 192: a last pass of 64 columns */
+     * q_abs and W_UV rows cross 128-row blocks of scales; C = 192: a column pass of three
+     * groups of 64 and a last block of scales 64 columns wide */
     mla_case_hd(FM_F8_E4M3, 1, q1, FM_BF16, 512, 64, 1300, 5, 75, 50);
     mla_case_hd(FM_F8_E4M3, 1, q1, FM_F32, 192, 64, 1300, 4, 128, 128);
     int32_t q2[2] = {3299, 2500}; /* six chunks: every thread's run holds three */

@@ -538,8 +538,8 @@ fm_status cpu_mla_node(cpu_state *s, const fm_pl_node *nd) {
     cpu_wmat_from(nd->src[3], &j.w);
     j.D = j.C + j.R;
     /* one token on the bf16 attention (mla_decode_vec) with fp8 kv_b: its products on vdpbf16ps too */
-    j.f8b = q->ne[0] == 1 && s->isa == CPU_ISA_AVX512BF16 && s->bf16_compute && s->mla_bf16 && s->vbmi &&
-            j.w.dtype == FM_F8_E4M3 && j.C % 64 == 0 && p->mode == FM_MLA_ABSORB && j.H <= CPU_MLA_DEC_ROWS;
+    j.f8b = q->ne[0] == 1 && s->bf16_compute && s->mla_bf16 && s->vbmi && j.w.dtype == FM_F8_E4M3 && j.C % 64 == 0 &&
+            p->mode == FM_MLA_ABSORB && j.H <= CPU_MLA_DEC_ROWS;
     j.qs = j.H * (j.nope + j.R);
     int64_t T = q->ne[0], L = cache->ne[0];
     for (int64_t t = 0; t < T; t++)
