@@ -234,10 +234,11 @@ CPU_HIDDEN void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1,
                                    void *scratch, int prep);
 /* What the bf16 kernel requests from memory while it runs, besides its own next block:
  * knext, the first row of the caller's next range (its first block, during this
- * range's last), or -1; and a side stream spread over the whole call (the W_UV rows
- * the thread projects afterwards): side_n spans of side_bytes, side_pitch apart. */
+ * range's last), or -1, and knext_n, that range's rows; and a side stream spread over
+ * the whole call (the W_UV rows the thread projects afterwards): side_n spans of
+ * side_bytes, side_pitch apart. */
 typedef struct cpu_mla_pf {
-    int64_t knext;
+    int64_t knext, knext_n;
     const char *side;
     int64_t side_bytes, side_pitch;
     int side_n;

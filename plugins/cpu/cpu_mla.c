@@ -377,7 +377,9 @@ static void vdec_task(void *arg, int tid, int nt) {
         if (v->bf16) {
             int64_t a = owner == tid ? hn * done / run : hn, b = owner == tid ? hn * (done + k1 - k0) / run : hn;
             if (owner == tid) done += k1 - k0;
-            cpu_mla_pf pf = {.knext = un >= 0 ? v->plan.lo[v->plan.order[un]] : -1, .side_n = (int)(b - a),
+            const int cn = un >= 0 ? v->plan.order[un] : 0;
+            cpu_mla_pf pf = {.knext = un >= 0 ? v->plan.lo[cn] : -1, .knext_n = v->plan.lo[cn + 1] - v->plan.lo[cn],
+                             .side_n = (int)(b - a),
                              .side_pitch = pitch, .side_bytes = j->v * j->C * es,
                              .side = (const char *)j->w.data + ((h0 + a) * (j->nope + j->v) + j->nope) * j->C * es};
             cpu_mla_dec_avx512bf16(&v->d, k0, k1, m, l, O, scr, i == 0, &pf);

@@ -136,6 +136,12 @@ static inline __attribute__((always_inline)) const char *pv_tile(const uint32_t 
     return p2;
 }
 
+/* One load in each of the 4 KiB pages [*pg, e) of the span from a: at a, then at each
+ * page's start. */
+static inline void walk_pages(uintptr_t a, uintptr_t *pg, uintptr_t e) {
+    for (; *pg < e; ++*pg) (void)*(const volatile char *)(*pg ? ((a >> 12) + *pg) << 12 : a);
+}
+
 void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
                             void *scratch, int prep, const cpu_mla_pf *pf) {
     const int nqv = d->nqv, nl = nqv * 16, nq = d->nq;
@@ -157,7 +163,7 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
     }
     /* a bf16 cache of even row length is read in place (rows of D / 2 pairs) */
     const int direct = d->cache16 && D % 2 == 0;
-    const int64_t rowb = direct ? D * 2 : D * 4; /* bytes per cache row */
+    const int64_t rowb = d->cache16 ? D * 2 : D * 4; /* bytes per cache row */
     const int64_t knext = pf ? pf->knext : -1;
     /* the side stream, spread over every P.V step of the call (p3 in pv_tile): span si,
      * offset so */
@@ -170,10 +176,16 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
         const int kn = (int)(k1 - kb < MLA_KB ? k1 - kb : MLA_KB), kn2 = (kn + 1) / 2;
         /* the block requested while this one runs (scores_tile and P.V below): this
          * range's next, or after its last the first of the caller's next range */
-        int64_t nb = kb + 2 * MLA_KB <= k1 ? kb + MLA_KB : kb + MLA_KB >= k1 && knext >= 0 ? knext : -1;
+        int64_t nb = -1, nbr = 0; /* and its rows */
+        if (kb + 2 * MLA_KB <= k1) nb = kb + MLA_KB, nbr = MLA_KB;
+        else if (kb + MLA_KB >= k1 && knext >= 0) nb = knext, nbr = pf->knext_n < MLA_KB ? pf->knext_n : MLA_KB;
         const char *nx = nb >= 0 && D2u * 128 >= RT * rowb
-                             ? (direct ? (const char *)(d->cache16 + nb * D) : (const char *)(d->cache + nb * D))
+                             ? (d->cache16 ? (const char *)(d->cache16 + nb * D) : (const char *)(d->cache + nb * D))
                              : NULL;
+        /* ... and its pages walked: one load in each, spread over the score tiles (the
+         * requests alone left a cold call's attention 8-26 us slower; docs/cpu.md) */
+        const uintptr_t na = (uintptr_t)nx, npg = nx ? ((na + nbr * rowb - 1) >> 12) - (na >> 12) + 1 : 0;
+        uintptr_t pg = 0;
         const uint32_t *cbk = Cb; /* the block's rows as bf16 pairs, ld pairs apart */
         int64_t ld = D2;
         if (direct) {
@@ -207,11 +219,15 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
          * rows' offsets as constants (one base register), the rest generic */
         int r0 = 0;
         if (ld == 288)
-            for (; r0 + RT <= kn; r0 += RT)
+            for (; r0 + RT <= kn; r0 += RT) {
+                walk_pages(na, &pg, npg * (uintptr_t)(r0 + RT) / (uintptr_t)kn);
                 scores_tile(cbk + r0 * 288, 288, RT, Qp, nqv, D2u, S + (int64_t)r0 * nl, nx ? nx + r0 * rowb / 2 : NULL, rowb);
-        for (; r0 < kn; r0 += RT)
+            }
+        for (; r0 < kn; r0 += RT) {
+            walk_pages(na, &pg, npg * (uintptr_t)(r0 + RT < kn ? r0 + RT : kn) / (uintptr_t)kn);
             scores_tile(cbk + r0 * ld, ld, kn - r0 < RT ? kn - r0 : RT, Qp, nqv, D2u, S + (int64_t)r0 * nl,
                         nx ? nx + r0 * rowb / 2 : NULL, rowb);
+        }
         cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, Pp);
         /* P.V: O[lane][c] = O corr + sum over row pairs, 16 columns of 16 lanes at a
          * time; the second half of the next block requested meanwhile */
