@@ -54,6 +54,14 @@ static inline const char *pack_ahead(const cpu_wmat *w, int64_t es, int64_t n0, 
     return *an ? (const char *)w->data + ((n0 + r) * w->K + k) * es : NULL;
 }
 
+/* One load in each of the 4 KiB pages [*pg, e) of the span from a: at a, then at each
+ * page's start. The MLA decode kernels walk their next block's pages so, spread over
+ * the current block's work: under nested paging a line request into a page not yet
+ * walked hides nothing (docs/cpu.md). */
+static inline void walk_pages(uintptr_t a, uintptr_t *pg, uintptr_t e) {
+    for (; *pg < e; ++*pg) (void)*(const volatile char *)(*pg ? ((a >> 12) + *pg) << 12 : a);
+}
+
 /* In-register transpose of 16 vectors of 16 32-bit lanes. */
 static inline void tr16(__m512 r[16]) {
     __m512 t[16];

@@ -136,12 +136,6 @@ static inline __attribute__((always_inline)) const char *pv_tile(const uint32_t 
     return p2;
 }
 
-/* One load in each of the 4 KiB pages [*pg, e) of the span from a: at a, then at each
- * page's start. */
-static inline void walk_pages(uintptr_t a, uintptr_t *pg, uintptr_t e) {
-    for (; *pg < e; ++*pg) (void)*(const volatile char *)(*pg ? ((a >> 12) + *pg) << 12 : a);
-}
-
 void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, float *l, float *O,
                             void *scratch, int prep, const cpu_mla_pf *pf) {
     const int nqv = d->nqv, nl = nqv * 16, nq = d->nq;
