@@ -61,6 +61,15 @@ static inline const char *pack_ahead(const cpu_wmat *w, int64_t es, int64_t n0, 
 static inline void walk_pages(uintptr_t a, uintptr_t *pg, uintptr_t e) {
     for (; *pg < e; ++*pg) (void)*(const volatile char *)(*pg ? ((a >> 12) + *pg) << 12 : a);
 }
+/* The 4 KiB pages that n bytes from p touch (0 for NULL). */
+static inline uintptr_t span_pages(const char *p, int64_t n) {
+    return p ? (((uintptr_t)p + (uintptr_t)n - 1) >> 12) - ((uintptr_t)p >> 12) + 1 : 0;
+}
+/* The MLA decode kernels' cache as it lies in memory: row r's address, bytes a row. */
+static inline const char *mla_dec_row(const cpu_mla_dec *d, int64_t r) {
+    return d->cache16 ? (const char *)(d->cache16 + r * d->D) : (const char *)(d->cache + r * d->D);
+}
+static inline int64_t mla_dec_rowb(const cpu_mla_dec *d) { return d->cache16 ? d->D * 2 : d->D * 4; }
 
 /* In-register transpose of 16 vectors of 16 32-bit lanes. */
 static inline void tr16(__m512 r[16]) {

@@ -81,7 +81,7 @@ size_t cpu_mla_dec_scratch_avx512(const cpu_mla_dec *d) {
  * nx: the next block (nxb bytes) to request meanwhile, its pages walked first, or NULL */
 static void scores(const float *qT, int nqv, const float *cb, int64_t D, int kn, float *S, const char *nx, int64_t nxb) {
     const int nl = nqv * 16;
-    const uintptr_t na = (uintptr_t)nx, npg = nx ? ((na + nxb - 1) >> 12) - (na >> 12) + 1 : 0;
+    const uintptr_t na = (uintptr_t)nx, npg = span_pages(nx, nxb);
     uintptr_t pg = 0;
     const int64_t step = nx ? (nxb * RT / kn + D - 1) / D : 0;
     for (int r0 = 0; r0 < kn; r0 += RT) {
@@ -165,11 +165,8 @@ void cpu_mla_dec_avx512(const cpu_mla_dec *d, int64_t k0, int64_t k1, float *m, 
                 _mm512_storeu_ps(wide + i, bf16x16(_mm256_maskz_loadu_epi16(m16((int)(kn * D - i)), d->cache16 + kb * D + i)));
         /* the next block of this range, requested (its pages walked) during the scores: a
          * cold call's attention took 13-15% less, a cached one 6-8% (in-process A/B) */
-        const int64_t rowb = d->cache16 ? D * 2 : D * 4;
-        const char *nx = kb + 2 * MLA_KB > k1 ? NULL
-                         : d->cache16        ? (const char *)(d->cache16 + (kb + MLA_KB) * D)
-                                             : (const char *)(d->cache + (kb + MLA_KB) * D);
-        scores(qT, nqv, cb, D, kn, S, nx, MLA_KB * rowb);
+        scores(qT, nqv, cb, D, kn, S, kb + 2 * MLA_KB <= k1 ? mla_dec_row(d, kb + MLA_KB) : NULL,
+               MLA_KB * mla_dec_rowb(d));
         cpu_mla_softmax_avx512(S, kn, nqv, kb, d->lim, d->scale, m, l, corr, NULL);
         pv(S, nl, nq, cb, D, kn, C, corr, O);
     }

@@ -157,7 +157,7 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
     }
     /* a bf16 cache of even row length is read in place (rows of D / 2 pairs) */
     const int direct = d->cache16 && D % 2 == 0;
-    const int64_t rowb = d->cache16 ? D * 2 : D * 4; /* bytes per cache row */
+    const int64_t rowb = mla_dec_rowb(d);
     const int64_t knext = pf ? pf->knext : -1;
     /* the side stream, spread over every P.V step of the call (p3 in pv_tile): span si,
      * offset so */
@@ -173,12 +173,10 @@ void cpu_mla_dec_avx512bf16(const cpu_mla_dec *d, int64_t k0, int64_t k1, float 
         int64_t nb = -1, nbr = 0; /* and its rows */
         if (kb + 2 * MLA_KB <= k1) nb = kb + MLA_KB, nbr = MLA_KB;
         else if (kb + MLA_KB >= k1 && knext >= 0) nb = knext, nbr = pf->knext_n < MLA_KB ? pf->knext_n : MLA_KB;
-        const char *nx = nb >= 0 && D2u * 128 >= RT * rowb
-                             ? (d->cache16 ? (const char *)(d->cache16 + nb * D) : (const char *)(d->cache + nb * D))
-                             : NULL;
+        const char *nx = nb >= 0 && D2u * 128 >= RT * rowb ? mla_dec_row(d, nb) : NULL;
         /* ... and its pages walked: one load in each, spread over the score tiles (the
          * requests alone left a cold call's attention 8-26 us slower; docs/cpu.md) */
-        const uintptr_t na = (uintptr_t)nx, npg = nx ? ((na + nbr * rowb - 1) >> 12) - (na >> 12) + 1 : 0;
+        const uintptr_t na = (uintptr_t)nx, npg = span_pages(nx, nbr * rowb);
         uintptr_t pg = 0;
         const uint32_t *cbk = Cb; /* the block's rows as bf16 pairs, ld pairs apart */
         int64_t ld = D2;
@@ -346,17 +344,6 @@ __attribute__((target("avx512vbmi"))) void cpu_mla_wuv_fp8_avx512bf16(const uint
  * accumulators, acc[4 x g + i] holding, in 16-byte lane L, columns 64 g + 16 L + 4 i
  * + 0..3, put back in order per 64 columns by a 4 x 4 transpose of 16-byte lanes. */
 #define QA8_PD 8 /* rows requested ahead in the first pass */
-static inline float bf16_f(uint32_t h) {
-    uint32_t u = h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static inline uint32_t bf16_rne(float f) { /* nearest even, as vcvtneps2bf16 */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
 
 __attribute__((target("avx512vbmi"))) void cpu_mla_qabs_fp8_avx512bf16(const float *q, int64_t nrows,
                                                                        const cpu_wmat *w, int64_t r0, float *y,
@@ -385,10 +372,11 @@ __attribute__((target("avx512vbmi"))) void cpu_mla_qabs_fp8_avx512bf16(const flo
                         for (int64_t l = 0; l < K; l += 64) _mm_prefetch((const char *)pf + l, _MM_HINT_T0);
                 }
                 const float qa = q[d], qb = two ? q[d + 1] : 0.0f;
-                const uint32_t ha = bf16_rne(qa), hb = bf16_rne(qb);
+                const uint32_t ha = cpu_bf16_from_f32(qa), hb = cpu_bf16_from_f32(qb);
                 const __m512bh qq = (__m512bh)_mm512_set1_epi32((int)(ha | hb << 16));
                 const __m512bh ql = (__m512bh)_mm512_set1_epi32(
-                    (int)(bf16_rne(qa - bf16_f(ha)) | bf16_rne(qb - bf16_f(hb)) << 16));
+                    (int)(cpu_bf16_from_f32(qa - cpu_bf16_value((uint16_t)ha)) |
+                          (uint32_t)cpu_bf16_from_f32(qb - cpu_bf16_value((uint16_t)hb)) << 16));
                 const uint8_t *ra = base + (r0 + d) * K + c0;
 #pragma GCC unroll 4
                 for (int g = 0; g < 4; g++) {
